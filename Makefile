@@ -1,0 +1,99 @@
+# dh3: Lua 5.4 client for the DH3 image-generation API.
+#   make          build dh3/core.so (installs missing Debian packages first)
+#   make test     run every busted spec against this tree's build
+#   make demo     generate a real image end to end against a local dh3-emulator
+#   make asan     the spec suite under AddressSanitizer + UBSan
+#   make valgrind the spec suite under valgrind memcheck
+#   make bench    benchmarks (bench/README.md)
+# Every path and tool is an overridable variable.
+
+LUA          ?= lua5.4
+LUA_PC       ?= lua5.4
+PKG_CONFIG   ?= pkg-config
+CC           ?= cc
+BUSTED       ?= /usr/bin/busted
+LUAROCKS     ?= luarocks
+LUA_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
+CURL_CFLAGS  ?= $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
+CURL_LIBS    ?= $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null)
+WARN         ?= -std=c99 -Wall -Wextra -pedantic -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Werror
+OPT          ?= -O2 -g
+CFLAGS       ?= $(OPT)
+ALL_CFLAGS    = $(WARN) -fPIC -fvisibility=hidden $(CFLAGS) $(LUA_CFLAGS) $(CURL_CFLAGS)
+LDFLAGS      ?=
+SPECS        ?= spec
+BUSTED_ARGS  ?=
+
+# Debian packages the project needs: to build, to test, and for the emulator and the command line.
+DEB_PACKAGES ?= lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket lua-zlib \
+                lua-argparse luarocks pkg-config gcc make
+DEPS_STAMP   ?= .deps-ok
+
+SRCS    = $(wildcard src/*.c)
+HEADERS = $(wildcard src/*.h)
+OBJDIR  ?= build
+OBJS    = $(SRCS:src/%.c=$(OBJDIR)/%.o)
+CORE    = dh3/core.so
+
+.PHONY: all deps test demo asan valgrind bench clean rock
+
+all: $(DEPS_STAMP) $(CORE)
+
+# Installs what is missing (as root), or says the exact apt-get line and stops.
+$(DEPS_STAMP):
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null || exit 1; \
+	  else \
+	    echo "dh3 needs these Debian packages:$$missing"; \
+	    echo "run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi; touch $@
+
+deps:
+	@rm -f $(DEPS_STAMP); $(MAKE) --no-print-directory $(DEPS_STAMP)
+
+$(OBJDIR)/%.o: src/%.c $(HEADERS) | $(DEPS_STAMP)
+	@mkdir -p $(OBJDIR)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(CORE): $(OBJS)
+	@mkdir -p dh3
+	$(CC) -shared $(LDFLAGS) -o $@ $(OBJS) $(CURL_LIBS)
+
+test: all
+	$(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS)
+
+demo: all
+	$(LUA) examples/demo.lua
+
+# Sanitizers: a separate build, loaded into a plain lua5.4 with the ASan runtime preloaded.
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+asan: $(DEPS_STAMP)
+	$(MAKE) --no-print-directory clean-core
+	$(MAKE) --no-print-directory $(CORE) OBJDIR=build-asan CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined"
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
+	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS); rc=$$?; $(MAKE) --no-print-directory clean-core; exit $$rc
+
+valgrind: all
+	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	  --suppressions=spec/valgrind.supp --trace-children=no \
+	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS)
+
+bench: all
+	$(LUA) bench/run.lua
+
+rock: all
+	$(LUAROCKS) --lua-version=5.4 make --deps-mode=none rockspec/dh3-scm-1.rockspec
+
+clean-core:
+	rm -f $(CORE)
+
+clean:
+	rm -rf $(OBJDIR) build-asan dh3 $(DEPS_STAMP)
