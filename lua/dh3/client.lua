@@ -1,0 +1,228 @@
+-- A client: the API key, the options, one C engine with its scheduler, and the exchange with the
+-- service (retries, pacing, hooks). Tasks call back into `_api` and `_download`.
+local core = require "dh3.core"
+local contract = require "dh3.contract"
+local errors = require "dh3.errors"
+local retry = require "dh3.retry"
+local ratelimit = require "dh3.ratelimit"
+local scheduler = require "dh3.scheduler"
+local validate = require "dh3.validate"
+local task = require "dh3.task"
+
+local M = {}
+
+local Client = {}
+Client.__index = Client
+Client.__name = "dh3.client"
+
+M.DEFAULT_BASE_URL = "https://api.dh3.app"
+
+local OPTIONS = {
+  api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
+  max_retries = "number", retry_delay = "number", create_qps = { "number", "boolean" },
+  ca_file = "string", proxy = "string", user_agent = "string", on_request = "function",
+}
+
+local DEFAULTS = { timeout = 60, connect_timeout = 10, max_retries = 3, retry_delay = 0.5 }
+
+-- Downloads of big images get at least this long, whatever the API timeout.
+local MIN_DOWNLOAD_TIMEOUT = 300
+
+local function positive(name, v)
+  if v ~= nil and not (v > 0 and v < math.huge) then
+    error(("dh3.new: %s must be a positive number of seconds"):format(name), 3)
+  end
+end
+
+--- dh3.new: a client, or nil, err when no usable key or base URL is given.
+function M.new(opts, version)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to 'new' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  validate.check_table("dh3.new", opts, OPTIONS, 3)
+  positive("timeout", opts.timeout)
+  positive("connect_timeout", opts.connect_timeout)
+  positive("retry_delay", opts.retry_delay)
+  if opts.max_retries ~= nil and (math.type(opts.max_retries) ~= "integer" or opts.max_retries < 0) then
+    error("dh3.new: max_retries must be a whole number >= 0", 2)
+  end
+  local qps = opts.create_qps
+  if qps == nil or qps == true then qps = contract.CREATE_QPS end
+  if qps ~= false and (math.type(qps) ~= "integer" or qps < 1) then
+    error("dh3.new: create_qps must be a whole number >= 1, or false", 2)
+  end
+
+  local key = opts.api_key or os.getenv("DH3_API_KEY")
+  if key == nil or key == "" then
+    return nil, errors.new("auth", "no API key: pass api_key or set DH3_API_KEY")
+  end
+  if key:find("[%c%s]") then
+    return nil, errors.new("auth", "the API key contains a space or a control character")
+  end
+  local base_url = opts.base_url or os.getenv("DH3_BASE_URL") or M.DEFAULT_BASE_URL
+  if not contract.is_http_url(base_url) or base_url:find("[?#]") then
+    return nil, errors.new("invalid_request", "base_url must be an http(s) URL without query: "
+      .. errors.sanitize(base_url, 100))
+  end
+
+  local engine = core.engine{
+    user_agent = opts.user_agent or ("dh3-lua/" .. version .. " " .. core.curl_version),
+    ca_file = opts.ca_file, proxy = opts.proxy,
+  }
+  local self = setmetatable({
+    base_url = base_url:gsub("/+$", ""),
+    timeout = opts.timeout or DEFAULTS.timeout,
+    connect_timeout = opts.connect_timeout or DEFAULTS.connect_timeout,
+    max_retries = opts.max_retries or DEFAULTS.max_retries,
+    retry_delay = opts.retry_delay or DEFAULTS.retry_delay,
+    on_request = opts.on_request,
+    _engine = engine,
+    _sched = scheduler.new(engine),
+    _pacer = qps and ratelimit.new(qps) or nil,
+    -- built once; the key lives only here and in the engine's outgoing requests
+    _headers = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" },
+  }, Client)
+  return self
+end
+
+function Client:__tostring()
+  return ("dh3.client(%s%s)"):format(self.base_url, self._closed and ", closed" or "")
+end
+
+function Client:_scheduler()
+  if self._closed then error("dh3: the client is closed", 3) end
+  return self._sched
+end
+
+local function call_hook(hook, info)
+  local ok, err = pcall(hook, info)
+  if not ok then io.stderr:write("dh3: on_request hook failed: ", tostring(err), "\n") end
+end
+
+--- One API call with its retries. `path` has no secret; `query` is appended for the request only.
+-- opts: create (boolean: the non-idempotent create rules), task_id, deadline (core.now() based).
+-- Returns the decoded answer (body code 200), or nil, err.
+function Client:_api(method, path, query, body, opts)
+  local sched = self:_scheduler()
+  local url = self.base_url .. path .. (query or "")
+  local json
+  if body then json = assert(core.json_encode(body)) end
+  local is_create, deadline = opts.create, opts.deadline
+  local attempt = 0
+  while true do
+    attempt = attempt + 1
+    local timeout = self.timeout
+    if deadline then
+      timeout = math.min(timeout, deadline - core.now())
+      if timeout <= 0 then
+        return nil, errors.new("timeout", "no time left for the request", { task_id = opts.task_id })
+      end
+    end
+    local slot = is_create and self._pacer and self._pacer:acquire(function(s) sched:sleep(s) end)
+    local req, rerr = self._engine:request{
+      method = method, url = url, headers = self._headers, body = json,
+      timeout = timeout, connect_timeout = math.min(self.connect_timeout, timeout),
+    }
+    if not req then
+      if slot then self._pacer:release(slot) end
+      return nil, errors.new("invalid_request", errors.sanitize(rerr, 200), { task_id = opts.task_id })
+    end
+    local res = sched:await(req)
+    if slot then self._pacer:release(slot) end
+    local doc, err = errors.from_response(res)
+    if self.on_request then
+      call_hook(self.on_request, {
+        method = method, path = path, status = res.status, attempt = attempt, seconds = res.time,
+        error = err and err.kind or nil, task_id = opts.task_id,
+      })
+    end
+    if doc then return doc end
+
+    local retryable, maybe_created
+    if is_create then
+      retryable, maybe_created = retry.create_retryable(err, res)
+    else
+      retryable = retry.read_retryable(err)
+    end
+    err.task_id, err.retryable = opts.task_id, retryable
+    if maybe_created then
+      err.maybe_created = true
+      err.message = err.message .. "; the task may have been created (and charged) but its id is unknown"
+    end
+    if not retryable or attempt > self.max_retries then return nil, err end
+    local delay = retry.backoff(attempt, self.retry_delay, err.retry_after)
+    if deadline and core.now() + delay >= deadline then return nil, err end
+    sched:sleep(delay)
+  end
+end
+
+--- Starts the download of one image into `path`; returns the request, or nil, message.
+-- No Authorization header: the image host is a third party and must never see the key.
+function Client:_download(image, path, timeout)
+  self:_scheduler()
+  return self._engine:request{
+    method = "GET", url = image.url, download_to = path, expect_size = image.file_size,
+    follow_redirects = true, connect_timeout = self.connect_timeout,
+    timeout = timeout or math.max(self.timeout, MIN_DOWNLOAD_TIMEOUT),
+  }
+end
+
+-- Called by a task as soon as the service gave it an id (the journal will hook in here).
+function Client:_created(_) end
+
+--- A task: from an input table (created later by task:create) or an existing id (no request made).
+function Client:task(input)
+  self:_scheduler()
+  local t = task.new(self, input, 3)
+  return t
+end
+
+--- A task created in one call: the task, or nil, err.
+function Client:create(input)
+  self:_scheduler()
+  if type(input) ~= "table" then
+    error(("bad argument #1 to 'create' (table expected, got %s)"):format(type(input)), 2)
+  end
+  local t = task.new(self, input, 3)
+  return t:create()
+end
+
+--- Runs fn(...) in a coroutine; inside it, every dh3 call yields instead of blocking.
+function Client:spawn(fn, ...)
+  if type(fn) ~= "function" then
+    error(("bad argument #1 to 'spawn' (function expected, got %s)"):format(type(fn)), 2)
+  end
+  return self:_scheduler():spawn(fn, ...)
+end
+
+--- Advances all transfers, timers and coroutines without waiting; returns the number pending.
+function Client:update()
+  return self:_scheduler():update()
+end
+
+--- Blocks until nothing is pending.
+function Client:run()
+  return self:_scheduler():run()
+end
+
+--- Sets the function that receives errors raised in spawned coroutines: handler(err, co).
+function Client:on_error(handler)
+  if type(handler) ~= "function" then
+    error(("bad argument #1 to 'on_error' (function expected, got %s)"):format(type(handler)), 2)
+  end
+  self:_scheduler().on_error = handler
+end
+
+--- Cancels every transfer and frees the engine. Safe to call more than once.
+function Client:close()
+  if self._closed then return end
+  self._closed = true
+  self._engine:close()
+  self._headers = nil
+end
+
+Client.__close = Client.close
+Client.__gc = Client.close
+
+return M

@@ -1,0 +1,89 @@
+-- Where result images land on disk. The bytes themselves stream from libcurl into a temporary
+-- file beside the destination and are renamed into place by the C core (src/request.c); this
+-- module picks safe destinations and turns a finished download into a path or an error.
+local errors = require "dh3.errors"
+
+local M = {}
+
+local RESERVED = { -- names that Windows refuses or that mean something to a shell
+  ["."] = true, [".."] = true, CON = true, PRN = true, AUX = true, NUL = true,
+}
+for i = 1, 9 do RESERVED["COM" .. i] = true; RESERVED["LPT" .. i] = true end
+
+local EXT_BY_TYPE = { ["image/png"] = "png", ["image/jpeg"] = "jpg", ["image/jpg"] = "jpg" }
+
+--- A file name from the service, made safe to join to a folder: no folders, no control
+-- characters, no reserved names, not hidden, at most 120 bytes; `fallback` when nothing is left.
+function M.safe_name(name, fallback)
+  name = type(name) == "string" and name or ""
+  name = name:match("([^/\\]*)$")                -- the last path component only
+  name = name:gsub("%z.*$", "")                   -- a NUL ends it
+  name = name:gsub("[%c<>:\"|?*]", "_")           -- control and shell/Windows-special characters
+  name = name:gsub("^[%s%.]+", ""):gsub("[%s%.]+$", "")
+  if #name > 120 then
+    local stem, ext = name:match("^(.-)(%.[%w]+)$")
+    if stem and #ext <= 10 then name = stem:sub(1, 120 - #ext) .. ext else name = name:sub(1, 120) end
+  end
+  local stem = name:match("^([^%.]*)") or name
+  if name == "" or RESERVED[stem:upper()] then return fallback end
+  return name
+end
+
+--- True when `path` names an existing directory.
+function M.is_directory(path)
+  local f = io.open(path, "r")
+  if not f then return false end
+  local _, _, code = f:read(1)
+  f:close()
+  return code == 21 -- EISDIR
+end
+
+--- The destination paths for `images` given `dest` (a folder, or a file path).
+-- With a file path and several images, the second and later get -2, -3 before the extension.
+function M.plan(task_id, images, dest)
+  local paths = {}
+  if dest:sub(-1) == "/" or M.is_directory(dest) then
+    local folder = dest:gsub("/+$", "")
+    if folder == "" then folder = "/" end
+    local used = {}
+    for i, img in ipairs(images) do
+      local ext = EXT_BY_TYPE[img.content_type] or "img"
+      local name = M.safe_name(img.file_name, ("%s-%d.%s"):format(task_id, i, ext))
+      if used[name] then name = ("%s-%d.%s"):format(task_id, i, ext) end
+      used[name] = true
+      paths[i] = (folder == "/" and "" or folder) .. "/" .. name
+    end
+  else
+    for i = 1, #images do
+      if i == 1 then
+        paths[i] = dest
+      else
+        local stem, ext = dest:match("^(.-)(%.[^./]*)$")
+        paths[i] = (stem or dest) .. "-" .. i .. (ext or "")
+      end
+    end
+  end
+  return paths
+end
+
+--- The outcome of one finished download: path, or nil, err.
+function M.outcome(res, image, task_id)
+  if res.ok then return res.path end
+  local fields = { task_id = task_id, http_status = res.status ~= 0 and res.status or nil }
+  if res.curl_code ~= 0 and not res.too_large then
+    fields.curl_error = res.curl_error
+    local kind = res.curl_error == "OPERATION_TIMEDOUT" and "timeout" or "network"
+    return nil, errors.new(kind, "downloading " .. image.url .. ": " .. errors.sanitize(res.message or "", 200), fields)
+  end
+  if res.status < 200 or res.status > 299 then
+    return nil, errors.new(errors.kind_for_code(res.status),
+      "downloading " .. image.url .. ": HTTP " .. res.status .. " (result URLs are temporary)", fields)
+  end
+  if res.too_large or res.size_mismatch then
+    return nil, errors.new("protocol", ("downloading %s: got %d bytes, the service said %d"):format(
+      image.url, res.bytes or 0, image.file_size), fields)
+  end
+  return nil, errors.new("network", "downloading " .. image.url .. ": " .. errors.sanitize(res.message or "failed", 200), fields)
+end
+
+return M

@@ -1,0 +1,121 @@
+-- Every failure dh3 returns is one of these tables: {kind, message, http_status, code, task_id,
+-- retryable, maybe_created, retry_after, curl_error}. This module is the one place where the C core's
+-- facts (curl code, HTTP status, body) become a kind.
+local core = require "dh3.core"
+
+local M = {}
+
+local Error = {}
+Error.__index = Error
+Error.__name = "dh3.error"
+
+function Error:__tostring()
+  local parts = { "dh3: ", self.kind, ": ", self.message }
+  local facts = {}
+  if self.http_status then facts[#facts + 1] = "HTTP " .. self.http_status end
+  if self.code and self.code ~= self.http_status then facts[#facts + 1] = "code " .. tostring(self.code) end
+  if self.curl_error then facts[#facts + 1] = "curl " .. self.curl_error end
+  if self.task_id then facts[#facts + 1] = "task " .. self.task_id end
+  if #facts > 0 then parts[#parts + 1] = " (" .. table.concat(facts, ", ") .. ")" end
+  -- one line, whatever a server put in its message
+  return (table.concat(parts):gsub("[%c]+", " "))
+end
+
+M.Error = Error
+
+function M.is_error(v)
+  return getmetatable(v) == Error
+end
+
+--- A new error of `kind`; `fields` may add http_status, code, task_id and the rest.
+function M.new(kind, message, fields)
+  local e = { kind = kind, message = message }
+  if fields then
+    for k, v in pairs(fields) do e[k] = v end
+  end
+  return setmetatable(e, Error)
+end
+
+-- What a status number (HTTP or the body's code) means.
+local KIND_BY_CODE = {
+  [400] = "invalid_request", [422] = "invalid_request",
+  [401] = "auth", [403] = "auth",
+  [402] = "insufficient_credits",
+  [404] = "not_found",
+  [429] = "rate_limited",
+}
+
+function M.kind_for_code(code)
+  if KIND_BY_CODE[code] then return KIND_BY_CODE[code] end
+  if code >= 500 and code <= 599 then return "server" end
+  return "invalid_request"
+end
+
+-- curl failures that happen before a single byte of the request can have reached the server.
+local BEFORE_SENDING = {
+  COULDNT_RESOLVE_HOST = true, COULDNT_RESOLVE_PROXY = true, COULDNT_CONNECT = true,
+  UNSUPPORTED_PROTOCOL = true, URL_MALFORMAT = true,
+}
+
+--- True when a failed exchange certainly reached no server code (so a create made nothing).
+function M.certainly_unsent(res)
+  if BEFORE_SENDING[res.curl_error] then return true end
+  -- a connect or TLS handshake that timed out or failed had sent no request yet
+  return (res.curl_error == "OPERATION_TIMEDOUT" or res.curl_error == "SSL_CONNECT_ERROR")
+    and (res.request_size or 0) == 0
+end
+
+local function sanitize(s, max)
+  s = tostring(s):gsub("[%c]+", " ")
+  if #s > max then s = s:sub(1, max) .. "..." end
+  return s
+end
+M.sanitize = sanitize
+
+--- Turns the C core's result for one API exchange into (document) or (nil, err).
+-- The document is the decoded JSON object of a successful answer (body code 200).
+function M.from_response(res)
+  if res.curl_code ~= 0 then
+    if res.too_large then
+      return nil, M.new("protocol", "the answer is larger than the client accepts", { http_status = res.status })
+    end
+    local kind = res.curl_error == "OPERATION_TIMEDOUT" and "timeout" or "network"
+    return nil, M.new(kind, sanitize(res.message or res.curl_error, 200), { curl_error = res.curl_error })
+  end
+  local status = res.status
+  local doc = res.body and core.json_decode(res.body)
+  local code = type(doc) == "table" and math.type(doc.code) == "integer" and doc.code or nil
+  local message = type(doc) == "table" and type(doc.message) == "string" and sanitize(doc.message, 300) or nil
+  local retry_after = M.parse_retry_after(res.headers and res.headers.retry_after)
+
+  if status < 200 or status > 299 then
+    return nil, M.new(M.kind_for_code(status), message or ("HTTP " .. status), {
+      http_status = status, code = code, retry_after = retry_after,
+    })
+  end
+  if type(doc) ~= "table" then
+    return nil, M.new("protocol", "the answer is not a JSON object", { http_status = status })
+  end
+  if code == nil then
+    return nil, M.new("protocol", "the answer has no numeric `code`", { http_status = status })
+  end
+  if code ~= 200 then
+    -- the service's other way of failing: HTTP 200 with the error only in the body
+    return nil, M.new(M.kind_for_code(code), message or ("code " .. code), {
+      http_status = status, code = code, retry_after = retry_after,
+    })
+  end
+  return doc
+end
+
+--- Retry-After in seconds (delta-seconds or an HTTP date), or nil.
+function M.parse_retry_after(value)
+  if not value then return nil end
+  local n = tonumber(value:match("^%s*(%d+)%s*$"))
+  if n then return n end
+  local at = core.parse_http_date(value)
+  if at then return math.max(0, at - os.time()) end
+  return nil
+end
+
+return M

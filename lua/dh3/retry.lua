@@ -1,0 +1,41 @@
+-- Which failures are worth another attempt, and how long to wait before it.
+-- A status read is idempotent: retry what may be passing. A create costs money and has no
+-- idempotency key: retry it only when the failure proves that nothing was created.
+local errors = require "dh3.errors"
+
+local M = {}
+
+local MAX_DELAY = 30 -- seconds: no back-off step is longer, unless the server asks (Retry-After)
+
+local RETRYABLE_READ = { network = true, timeout = true, rate_limited = true, server = true, protocol = true }
+
+--- For a failed status read.
+function M.read_retryable(err)
+  return RETRYABLE_READ[err.kind] == true
+end
+
+--- For a failed create: (retryable, maybe_created).
+function M.create_retryable(err, res)
+  local number = err.code or err.http_status
+  if err.kind == "rate_limited" then return true, false end
+  -- 503 is the service's "unavailable, nothing created" answer
+  if err.kind == "server" and number == 503 then return true, false end
+  if err.kind == "network" or err.kind == "timeout" then
+    if errors.certainly_unsent(res) then return true, false end
+    return false, true
+  end
+  -- an answer we cannot read, or a server error after the request arrived: it may have been made
+  if err.kind == "protocol" or err.kind == "server" then return false, true end
+  return false, false
+end
+
+--- Seconds to wait before attempt `attempt + 1`: exponential from `base`, with jitter (half fixed,
+-- half random, so that many clients do not retry in step), and never less than Retry-After.
+function M.backoff(attempt, base, retry_after)
+  local step = math.min(MAX_DELAY, base * 2 ^ (attempt - 1))
+  local delay = step / 2 + math.random() * step / 2
+  if retry_after and retry_after > delay then delay = retry_after end
+  return delay
+end
+
+return M

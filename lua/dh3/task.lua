@@ -1,0 +1,209 @@
+-- One generation task: created once, then read, waited on and downloaded.
+local core = require "dh3.core"
+local contract = require "dh3.contract"
+local errors = require "dh3.errors"
+local validate = require "dh3.validate"
+local download = require "dh3.download"
+
+local M = {}
+
+local Task = {}
+Task.__index = Task
+Task.__name = "dh3.task"
+
+function Task:__tostring()
+  return ("dh3.task(%s, %s)"):format(self.id or "not created", self.state)
+end
+
+local MAX_IMAGES = 64
+
+--- A task of `client` from an input table (not yet created) or an existing task id.
+-- `level` is error()'s level for the caller's mistakes, as seen from here.
+function M.new(client, input, level)
+  local self = setmetatable({ client = client }, Task)
+  if type(input) == "string" then
+    if not validate.task_id(input) then
+      error(("client:task: '%s' is not a task id"):format(errors.sanitize(input, 80)), level)
+    end
+    self.id, self.state = input, "unknown"
+  elseif type(input) == "table" then
+    self.state = "new"
+    self._body, self._invalid = validate.task_input(input, level + 1)
+  else
+    error(("bad argument #1 to 'task' (table or string expected, got %s)"):format(type(input)), level)
+  end
+  return self
+end
+
+--- Submits the task. Returns the task (with .id set), or nil, err.
+function Task:create()
+  if self.id or self._creating then
+    error(("task:create: this task was already created (%s)"):format(self.id or "in progress"), 2)
+  end
+  if self._invalid then return nil, self._invalid end
+  self._creating = true
+  local doc, err = self.client:_api("POST", contract.CREATE_PATH, nil, self._body, { create = true })
+  self._creating = nil
+  if not doc then return nil, err end
+  local id = doc.task_id
+  if not validate.task_id(id) then
+    return nil, errors.new("protocol", ("the answer to create has no usable task_id (got %s); "
+      .. "the task may have been created and charged"):format(errors.sanitize(tostring(id), 140)),
+      { maybe_created = true })
+  end
+  self.id, self.state = id, "queuing"
+  self.client:_created(self)
+  return self
+end
+
+local function to_integer(v)
+  if math.type(v) == "integer" then return v end
+  if type(v) == "string" and v:match("^%d+$") and #v <= 15 then return math.tointeger(tonumber(v)) end
+  return nil
+end
+
+-- The documented ImageFile, typed: sizes as integers, the URL http(s).
+local function parse_image(img, i)
+  if type(img) ~= "table" then return nil, ("images[%d] is not an object"):format(i) end
+  if not contract.is_http_url(img.url) then return nil, ("images[%d].url is not an http(s) URL"):format(i) end
+  local out = { url = img.url }
+  for _, k in ipairs({ "content_type", "file_name" }) do
+    if img[k] ~= nil and type(img[k]) ~= "string" then return nil, ("images[%d].%s is not a string"):format(i, k) end
+    out[k] = img[k]
+  end
+  for _, k in ipairs({ "file_size", "width", "height" }) do
+    out[k] = to_integer(img[k])
+    if not out[k] then return nil, ("images[%d].%s is not a whole number"):format(i, k) end
+  end
+  return out
+end
+
+-- Applies a task object (the GET answer's nano_banana_pro_output, or a callback's) to self.
+-- Returns true, or nil and what is wrong with it.
+function Task:_apply(out)
+  if type(out) ~= "table" then return nil, "no nano_banana_pro_output object" end
+  if out.task_id ~= nil and out.task_id ~= self.id then return nil, "the answer is about another task" end
+  if not contract.is_state[out.status] then
+    return nil, ("unknown status %s"):format(errors.sanitize(tostring(out.status), 40))
+  end
+  local images
+  if out.status == "success" then
+    if type(out.images) ~= "table" or #out.images == 0 then return nil, "a successful task without images" end
+    if #out.images > MAX_IMAGES then return nil, "too many images" end
+    images = {}
+    for i, img in ipairs(out.images) do
+      local parsed, why = parse_image(img, i)
+      if not parsed then return nil, why end
+      images[i] = parsed
+    end
+  end
+  self.state = out.status
+  self.images = images
+  self.error = out.status == "fail" and (type(out.err_msg) == "string" and out.err_msg or "the task failed") or nil
+  return true
+end
+
+function Task:_check_created(what)
+  if not self.id then error(("task:%s: the task has not been created yet"):format(what), 3) end
+end
+
+--- One status read. Returns the state, or nil, err.
+function Task:status(deadline)
+  self:_check_created("status")
+  local doc, err = self.client:_api("GET", contract.GET_PATH, "?task_id=" .. self.id, nil,
+    { task_id = self.id, deadline = deadline })
+  if not doc then return nil, err end
+  local ok, why = self:_apply(doc.nano_banana_pro_output)
+  if not ok then
+    return nil, errors.new("protocol", "status answer: " .. why, { task_id = self.id })
+  end
+  return self.state
+end
+
+function Task:done()
+  return contract.is_terminal[self.state] == true
+end
+
+local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "number", on_update = "function" }
+local DEFAULT_WAIT = { timeout = 600, interval = 1, max_interval = 10 }
+local GROWTH = 1.5 -- each unchanged poll waits this much longer, up to max_interval
+
+--- Polls until the task ends. Returns the task on success; nil, err on fail ("task_failed") or
+-- when `timeout` passes ("timeout": the task is still valid and can be waited on again).
+function Task:wait(opts)
+  opts = opts or {}
+  validate.check_table("task:wait", opts, WAIT_OPTIONS, 3)
+  self:_check_created("wait")
+  local timeout = opts.timeout or DEFAULT_WAIT.timeout
+  local interval = opts.interval or DEFAULT_WAIT.interval
+  local max_interval = math.max(interval, opts.max_interval or DEFAULT_WAIT.max_interval)
+  local deadline = core.now() + timeout
+  local delay = interval
+  local seen = self.state
+  local scheduler = self.client:_scheduler()
+  while true do
+    if not self:done() then
+      local state, err = self:status(deadline)
+      if not state then
+        if err.kind == "timeout" and core.now() >= deadline then break end
+        return nil, err
+      end
+    end
+    if self.state ~= seen then
+      seen = self.state
+      delay = interval
+      if opts.on_update then opts.on_update(self) end
+    end
+    if self.state == "success" then return self end
+    if self.state == "fail" then
+      return nil, errors.new("task_failed", self.error, { task_id = self.id })
+    end
+    local left = deadline - core.now()
+    if left <= 0 then break end
+    scheduler:sleep(math.min(delay, left))
+    delay = math.min(delay * GROWTH, max_interval)
+  end
+  return nil, errors.new("timeout", ("the task did not finish within %gs; it is still valid: "
+    .. "wait on it again later"):format(timeout), { task_id = self.id })
+end
+
+local DOWNLOAD_OPTIONS = { timeout = "number" }
+
+--- Saves the task's images under `dest` (a folder, or a file path). Returns the array of paths,
+-- or nil, err. Each file is written beside its destination and renamed into place when complete
+-- and of the announced size; a failed download leaves the destination untouched.
+function Task:download(dest, opts)
+  if type(dest) ~= "string" or dest == "" then
+    error(("bad argument #1 to 'download' (path expected, got %s)"):format(type(dest)), 2)
+  end
+  opts = opts or {}
+  validate.check_table("task:download", opts, DOWNLOAD_OPTIONS, 3)
+  if self.state ~= "success" or not self.images then
+    return nil, errors.new("invalid_request", ("the task has no images to download (state %s)"):format(self.state),
+      { task_id = self.id })
+  end
+  local client = self.client
+  local paths = download.plan(self.id, self.images, dest)
+  local requests = {}
+  for i, img in ipairs(self.images) do
+    local req, err = client:_download(img, paths[i], opts.timeout)
+    if not req then
+      for _, started in ipairs(requests) do started:cancel() end
+      return nil, errors.new("invalid_request", err, { task_id = self.id })
+    end
+    requests[i] = req
+  end
+  local saved, first_err = {}, nil
+  for i, req in ipairs(requests) do
+    local res = client:_scheduler():await(req)
+    local path, err = download.outcome(res, self.images[i], self.id)
+    if path then saved[#saved + 1] = path elseif not first_err then first_err = err end
+  end
+  if first_err then
+    first_err.paths = saved -- what was saved before the failure stays, complete
+    return nil, first_err
+  end
+  return saved
+end
+
+return M
