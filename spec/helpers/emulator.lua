@@ -4,49 +4,26 @@
 --   emu.url, emu.key, emu:stats(), emu:stop()
 local M = {}
 
-local LUA = os.getenv("DH3_SPEC_LUA") or "lua5.4"
+local process = require "dh3.emulator.process"
+
 local KEY = "spec-key-0123456789"
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
-
-local Emulator = {}
+-- an emulator process (url, pid, stop) with the spec's own conveniences
+local Emulator = setmetatable({}, { __index = process.Process })
 Emulator.__index = Emulator
 
 --- args: array of extra command-line flags. Unless args.keys is false, the emulator accepts
 -- exactly one key, emu.key.
 function M.start(args)
   args = args or {}
-  local argv = { LUA, "bin/dh3-emulator", "--host", "127.0.0.1", "--port", "0" }
+  local argv = {}
   if args.keys ~= false then
-    argv[#argv + 1] = "--keys"
-    argv[#argv + 1] = KEY
+    argv[1], argv[2] = "--keys", KEY
   end
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  local quoted = {}
-  for i, a in ipairs(argv) do quoted[i] = shell_quote(a) end
-  -- the shell prints its pid, then becomes the emulator (exec), so that pid is the emulator's
-  local cmd = "echo $$; exec " .. table.concat(quoted, " ") .. " 2>&1"
-  local pipe = assert(io.popen(cmd, "r"))
-  local pid = tonumber(pipe:read("l"))
-  local first = pipe:read("l")
-  local url = first and first:match("^listening on (http://%S+)")
-  if not (pid and url) then
-    pipe:close()
-    error("dh3-emulator did not start: " .. tostring(first), 2)
-  end
-  return setmetatable({ pid = pid, url = url, key = KEY, pipe = pipe }, Emulator)
-end
-
---- Stops the emulator (SIGTERM) and waits for it; returns whatever else it printed.
-function Emulator:stop()
-  if not self.pipe then return "" end
-  os.execute("kill " .. self.pid .. " 2>/dev/null")
-  local rest = self.pipe:read("a")
-  self.pipe:close()
-  self.pipe = nil
-  return rest
+  local emu = assert(process.start(argv, { lua = os.getenv("DH3_SPEC_LUA") }))
+  emu.key = KEY
+  return setmetatable(emu, Emulator)
 end
 
 --- Makes a plain HTTP request to the emulator with luasocket (independent of the client under test).

@@ -1,0 +1,53 @@
+rockspec_format = "3.0"
+package = "dh3"
+version = "scm-1"
+source = {
+  url = "git+https://github.com/dh3-lua/dh3.git",
+}
+description = {
+  summary = "Lua 5.4 client for the DH3 image-generation API, on libcurl",
+  detailed = [[
+    dh3 creates image-generation tasks, waits on them without blocking a frame loop, and
+    downloads the results atomically. A C core drives libcurl's multi interface; a local
+    emulator of the service (dh3-emulator) is included for offline development and tests.
+  ]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+  "lua-cjson",
+}
+external_dependencies = {
+  -- a library check only: Debian keeps curl.h under a multiarch include path
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["dh3.core"] = {
+      sources = { "src/core.c", "src/engine.c", "src/request.c", "src/json.c" },
+      libraries = { "curl" },
+      libdirs = { "$(CURL_LIBDIR)" },
+      defines = {},
+    },
+    ["dh3"] = "lua/dh3/init.lua",
+    ["dh3.client"] = "lua/dh3/client.lua",
+    ["dh3.contract"] = "lua/dh3/contract.lua",
+    ["dh3.download"] = "lua/dh3/download.lua",
+    ["dh3.errors"] = "lua/dh3/errors.lua",
+    ["dh3.ratelimit"] = "lua/dh3/ratelimit.lua",
+    ["dh3.retry"] = "lua/dh3/retry.lua",
+    ["dh3.scheduler"] = "lua/dh3/scheduler.lua",
+    ["dh3.task"] = "lua/dh3/task.lua",
+    ["dh3.validate"] = "lua/dh3/validate.lua",
+  },
+  install = {
+    bin = {
+      ["dh3"] = "bin/dh3",
+      ["dh3-emulator"] = "bin/dh3-emulator",
+    },
+  },
+}
+test = {
+  type = "busted",
+}
