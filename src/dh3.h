@@ -1,0 +1,136 @@
+/*
+** dh3.h: the one internal header of the C core (the Lua module `dh3.core`).
+**
+** Objects, one C file each:
+**   core.c     luaopen_dh3_core, module functions, curl_global_init, curl error names
+**   engine.c   "dh3.engine": the multi handle, the pool of idle easy handles,
+**              the in-flight list and the FIFO done queue
+**   request.c  "dh3.request": one transfer (options, callbacks, memory body or
+**              streamed temp file, the result facts)
+**   json.c     the JSON bridge over a private lua-cjson instance
+**
+** Only luaopen_dh3_core is exported; everything here has hidden visibility.
+*/
+#ifndef DH3_H
+#define DH3_H
+
+/* mkstemp, fdopen, clock_gettime, ftruncate, fileno: POSIX.1-2008 under -std=c99 */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <curl/curl.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#define DH3_VERSION "0.1.0"
+#define DH3_ENGINE_MT "dh3.engine"
+#define DH3_REQUEST_MT "dh3.request"
+
+#define DH3_DEFAULT_MAX_BODY ((size_t)4 * 1024 * 1024)
+#define DH3_DEFAULT_MAX_CONNECTIONS 64L
+/* the largest max_body accepted: half the address space (and a Lua integer) */
+#define DH3_MAX_BODY_LIMIT                                                       \
+  ((lua_Integer)(SIZE_MAX / 2 < (size_t)LUA_MAXINTEGER ? SIZE_MAX / 2 : (size_t)LUA_MAXINTEGER))
+#define DH3_MAX_HEADER_BYTES ((size_t)16 * 1024) /* all header lines of one response */
+#define DH3_MAX_REDIRS 5L
+#define DH3_MAX_POOL 256 /* idle easy handles kept at most */
+
+/* user value slots */
+#define DH3_ENGINE_UV_ANCHORS 1  /* engine: {[lightuserdata req] = request userdata} */
+#define DH3_REQUEST_UV_CONTEXT 1 /* request: the caller's context value */
+#define DH3_REQUEST_UV_ANCHORS 2 /* request: its engine's anchor table while anchored */
+
+typedef struct dh3_engine dh3_engine;
+typedef struct dh3_request dh3_request;
+
+typedef enum {
+  DH3_REQ_NEW = 0,   /* being set up inside engine:request (never seen by Lua) */
+  DH3_REQ_ACTIVE,    /* in the multi handle, on the engine's active list */
+  DH3_REQ_DONE,      /* finished, on the engine's done queue, not yet delivered */
+  DH3_REQ_DELIVERED, /* handed out by next_done */
+  DH3_REQ_CANCELLED  /* cancelled, or its engine was closed before delivery */
+} dh3_req_state;
+
+struct dh3_engine {
+  CURLM *multi;
+  CURL **pool; /* idle easy handles, curl_easy_reset already done */
+  int pool_len, pool_cap;
+  dh3_request *active; /* doubly linked list of ACTIVE requests */
+  dh3_request *done_head, *done_tail; /* FIFO of DONE requests (next pointers) */
+  int n_active, n_done;
+  char *user_agent, *ca_file, *proxy; /* owned, malloc'd */
+  size_t max_body;
+  long max_connections;
+  int closed;
+};
+
+struct dh3_request {
+  dh3_engine *engine; /* non-NULL while ACTIVE or DONE; an engine that closes clears it */
+  CURL *easy;         /* owned while ACTIVE (or NEW); back to the pool once finished */
+  dh3_req_state state;
+  dh3_request *prev, *next; /* links in the active list or the done queue */
+  int closed;               /* __gc / __close ran: heap freed */
+  int method;               /* index into the method names of request.c */
+  struct curl_slist *headers;
+  size_t max_body;
+  curl_off_t expect_size; /* -1: not given */
+
+  /* the body of the current response */
+  char *body;
+  size_t body_len, body_cap;
+  curl_off_t bytes; /* body bytes of the current response (file or memory) */
+
+  /* download mode */
+  char *dest;  /* destination path (owned) */
+  char *tmp;   /* temp path beside it while the file exists (owned) */
+  FILE *fp;    /* the open temp file */
+  int to_file; /* the current response is 2xx: its body goes to fp */
+  int finalized;
+  int write_errno;
+
+  /* the current response's header facts, reset on each status line */
+  long status_seen;
+  size_t header_bytes;
+  char *retry_after, *content_type, *content_length; /* owned, as received */
+  curl_off_t content_length_n;                        /* -1: none or not a number */
+  int too_large, size_mismatch, oom;
+
+  /* facts gathered once curl is done (dh3_request_complete) */
+  CURLcode code;
+  long status, http_version, request_size, connects;
+  curl_off_t time_total, time_connect, time_start; /* microseconds */
+  char note[320];                 /* our own explanation of a failure, "" if none */
+  char errbuf[CURL_ERROR_SIZE];   /* CURLOPT_ERRORBUFFER */
+};
+
+/* core.c */
+const char *dh3_core_error_name(CURLcode code);
+double dh3_core_now(void);
+void dh3_core_check_fields(lua_State *L, int idx, const char *const *fields);
+
+/* engine.c */
+void dh3_engine_open(lua_State *L);
+int dh3_engine_new(lua_State *L);
+CURL *dh3_engine_take_easy(dh3_engine *e);
+void dh3_engine_give_easy(dh3_engine *e, CURL *easy);
+void dh3_engine_link_active(dh3_engine *e, dh3_request *req);
+void dh3_engine_remove(dh3_engine *e, dh3_request *req);
+
+/* request.c */
+void dh3_request_open(lua_State *L);
+int dh3_request_new(lua_State *L, dh3_engine *e);
+void dh3_request_complete(dh3_request *req, CURLcode code);
+void dh3_request_drop_transfer(dh3_request *req);
+void dh3_request_push_result(lua_State *L, dh3_request *req, int ud);
+void dh3_request_delivered(dh3_request *req);
+
+/* json.c */
+void dh3_json_open(lua_State *L);
+
+#endif

@@ -1,0 +1,459 @@
+/*
+** engine.c: "dh3.engine", one libcurl multi handle.
+**
+** Owns: the CURLM, a pool of idle easy handles (reused after curl_easy_reset; the
+** connections themselves live in the multi's connection cache, so reuse works whether
+** or not an easy handle is reused), the list of ACTIVE requests and the FIFO queue of
+** DONE ones.
+**
+** Anchoring: the engine's user value 1 is a table {[lightuserdata req] = request
+** userdata} holding every request from engine:request until next_done delivers it (or
+** it is cancelled), so a request the caller dropped still completes and is delivered.
+** The request holds that same table as its user value 2 (so cancel can un-anchor it)
+** but never the engine itself: an engine the caller drops is collected, and its __gc
+** cancels whatever was in flight.
+**
+** lua_close and the collector may finalize an engine and its requests in any order, but
+** no memory is freed before all of their finalizers ran. So: a request finalized while
+** still on an engine's list removes itself (req->engine is valid: an engine that closes
+** first clears req->engine on every request it holds).
+**
+** No Lua runs inside libcurl: perform() calls curl_multi_perform and
+** curl_multi_info_read, and only C state changes until it returns.
+*/
+#include "dh3.h"
+
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *dh3_engine_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *p = malloc(n);
+  if (p != NULL) memcpy(p, s, n);
+  return p;
+}
+
+/* {======================================================================
+** Helpers request.c uses
+** ======================================================================= */
+
+/* An idle easy handle from the pool, or a new one; NULL when out of memory. */
+CURL *dh3_engine_take_easy(dh3_engine *e) {
+  if (e->pool_len > 0) return e->pool[--e->pool_len];
+  return curl_easy_init();
+}
+
+/* Takes back an easy handle that is not (or no longer) in the multi handle. */
+void dh3_engine_give_easy(dh3_engine *e, CURL *easy) {
+  if (easy == NULL) return;
+  if (!e->closed && e->pool_len < e->pool_cap) {
+    /* reset now, not at the next take: it frees the finished transfer's option copies
+       (COPYPOSTFIELDS, URL) and forgets the pointers into the request (PRIVATE,
+       ERRORBUFFER, callback data), which may be freed long before the next take */
+    curl_easy_reset(easy);
+    e->pool[e->pool_len++] = easy;
+  } else {
+    curl_easy_cleanup(easy);
+  }
+}
+
+void dh3_engine_link_active(dh3_engine *e, dh3_request *req) {
+  req->prev = NULL;
+  req->next = e->active;
+  if (e->active != NULL) e->active->prev = req;
+  e->active = req;
+  e->n_active++;
+}
+
+static void dh3_engine_unlink_active(dh3_engine *e, dh3_request *req) {
+  if (req->prev != NULL) {
+    req->prev->next = req->next;
+  } else {
+    e->active = req->next;
+  }
+  if (req->next != NULL) req->next->prev = req->prev;
+  req->prev = req->next = NULL;
+  e->n_active--;
+}
+
+static void dh3_engine_push_done(dh3_engine *e, dh3_request *req) {
+  req->prev = e->done_tail;
+  req->next = NULL;
+  if (e->done_tail != NULL) {
+    e->done_tail->next = req;
+  } else {
+    e->done_head = req;
+  }
+  e->done_tail = req;
+  e->n_done++;
+}
+
+static void dh3_engine_unlink_done(dh3_engine *e, dh3_request *req) {
+  if (req->prev != NULL) {
+    req->prev->next = req->next;
+  } else {
+    e->done_head = req->next;
+  }
+  if (req->next != NULL) {
+    req->next->prev = req->prev;
+  } else {
+    e->done_tail = req->prev;
+  }
+  req->prev = req->next = NULL;
+  e->n_done--;
+}
+
+/* Takes an ACTIVE or DONE request out of the engine (C side only: the caller un-anchors
+   it). An active transfer leaves the multi handle and its easy handle goes back to the
+   pool; the request's own files and buffers are the request's business. */
+void dh3_engine_remove(dh3_engine *e, dh3_request *req) {
+  if (req->state == DH3_REQ_ACTIVE) {
+    dh3_engine_unlink_active(e, req);
+    if (req->easy != NULL) {
+      curl_multi_remove_handle(e->multi, req->easy);
+      dh3_engine_give_easy(e, req->easy);
+      req->easy = NULL;
+    }
+  } else if (req->state == DH3_REQ_DONE) {
+    dh3_engine_unlink_done(e, req);
+  }
+  req->engine = NULL;
+}
+/* }====================================================================== */
+
+/* {======================================================================
+** Closing
+** ======================================================================= */
+
+/* The one close behind close, __gc and __close; idempotent. Cancels every transfer
+   (temp files unlinked), detaches every request, then frees the pool and the multi. */
+static void dh3_engine_close(lua_State *L, int idx, dh3_engine *e) {
+  dh3_request *req, *next;
+  int i;
+  if (e->closed) return;
+  e->closed = 1; /* from here on, handles given back are cleaned up, not pooled */
+  for (req = e->active; req != NULL; req = next) {
+    next = req->next;
+    /* libcurl: an easy handle must leave the multi before either is cleaned up */
+    if (req->easy != NULL) {
+      curl_multi_remove_handle(e->multi, req->easy);
+      curl_easy_cleanup(req->easy);
+      req->easy = NULL;
+    }
+    req->prev = req->next = NULL;
+    req->engine = NULL;
+    dh3_request_drop_transfer(req);
+    req->state = DH3_REQ_CANCELLED;
+  }
+  for (req = e->done_head; req != NULL; req = next) {
+    next = req->next;
+    req->prev = req->next = NULL;
+    req->engine = NULL;
+    req->state = DH3_REQ_CANCELLED; /* finished but never delivered */
+  }
+  e->active = e->done_head = e->done_tail = NULL;
+  e->n_active = e->n_done = 0;
+
+  /* Un-anchor: the requests drop their reference to the anchor table, the engine drops
+     the table. Nothing here allocates, so this is safe inside __gc and lua_close. */
+  if (lua_getiuservalue(L, idx, DH3_ENGINE_UV_ANCHORS) == LUA_TTABLE) {
+    int t = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+      if (lua_type(L, -1) == LUA_TUSERDATA) {
+        lua_pushnil(L);
+        lua_setiuservalue(L, -2, DH3_REQUEST_UV_ANCHORS);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, idx, DH3_ENGINE_UV_ANCHORS);
+
+  for (i = 0; i < e->pool_len; i++) curl_easy_cleanup(e->pool[i]);
+  free(e->pool);
+  e->pool = NULL;
+  e->pool_len = e->pool_cap = 0;
+  if (e->multi != NULL) curl_multi_cleanup(e->multi);
+  e->multi = NULL;
+  free(e->user_agent);
+  free(e->ca_file);
+  free(e->proxy);
+  e->user_agent = e->ca_file = e->proxy = NULL;
+}
+
+static dh3_engine *dh3_engine_check(lua_State *L, int idx) {
+  dh3_engine *e = (dh3_engine *)luaL_checkudata(L, idx, DH3_ENGINE_MT);
+  if (e->closed) luaL_error(L, "dh3.engine: attempt to use a closed engine");
+  return e;
+}
+
+static int dh3_engine_close_l(lua_State *L) {
+  dh3_engine *e = (dh3_engine *)luaL_checkudata(L, 1, DH3_ENGINE_MT);
+  dh3_engine_close(L, 1, e);
+  return 0;
+}
+
+static int dh3_engine_tostring(lua_State *L) {
+  dh3_engine *e = (dh3_engine *)luaL_checkudata(L, 1, DH3_ENGINE_MT);
+  if (e->closed) {
+    lua_pushfstring(L, "dh3.engine (%p, closed)", (void *)e);
+  } else {
+    lua_pushfstring(L, "dh3.engine (%p, %d in flight, %d done)", (void *)e, e->n_active,
+                    e->n_done);
+  }
+  return 1;
+}
+/* }====================================================================== */
+
+/* {======================================================================
+** Creating
+** ======================================================================= */
+static const char *const dh3_engine_fields[] = {
+  "user_agent", "ca_file", "proxy", "max_body", "max_connections", NULL
+};
+
+static const char *dh3_engine_opt_string(lua_State *L, const char *name) {
+  const char *s;
+  size_t len;
+  lua_pushstring(L, name);
+  lua_rawget(L, 1);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING)
+    luaL_argerror(L, 1, lua_pushfstring(L, "field '%s' must be a string (got %s)", name,
+                                        luaL_typename(L, -1)));
+  s = lua_tolstring(L, -1, &len);
+  if (strlen(s) != len)
+    luaL_argerror(L, 1, lua_pushfstring(L, "field '%s' contains a NUL byte", name));
+  lua_pop(L, 1); /* still referenced by the options table, which nobody changes meanwhile */
+  return s;
+}
+
+static lua_Integer dh3_engine_opt_integer(lua_State *L, const char *name, lua_Integer def,
+                                          lua_Integer min, lua_Integer max) {
+  lua_Integer v;
+  int isint;
+  lua_pushstring(L, name);
+  lua_rawget(L, 1);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return def;
+  }
+  v = lua_tointegerx(L, -1, &isint);
+  if (lua_type(L, -1) != LUA_TNUMBER || !isint || v < min || v > max)
+    luaL_argerror(L, 1, lua_pushfstring(L, "field '%s' must be an integer from %I to %I",
+                                        name, min, max));
+  lua_pop(L, 1);
+  return v;
+}
+
+/* core.engine{user_agent=, ca_file=, proxy=, max_body=, max_connections=} -> engine */
+int dh3_engine_new(lua_State *L) {
+  const char *user_agent, *ca_file, *proxy;
+  lua_Integer max_body, max_connections;
+  dh3_engine *e;
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  dh3_core_check_fields(L, 1, dh3_engine_fields);
+  user_agent = dh3_engine_opt_string(L, "user_agent");
+  ca_file = dh3_engine_opt_string(L, "ca_file");
+  proxy = dh3_engine_opt_string(L, "proxy");
+  max_body = dh3_engine_opt_integer(L, "max_body", (lua_Integer)DH3_DEFAULT_MAX_BODY, 1,
+                                    DH3_MAX_BODY_LIMIT);
+  max_connections = dh3_engine_opt_integer(L, "max_connections", DH3_DEFAULT_MAX_CONNECTIONS,
+                                           1, 100000);
+
+  e = (dh3_engine *)lua_newuserdatauv(L, sizeof(*e), 1);
+  memset(e, 0, sizeof(*e));
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, DH3_ENGINE_UV_ANCHORS);
+  /* from here the finalizer owns whatever we attach: any error below frees it */
+  luaL_setmetatable(L, DH3_ENGINE_MT);
+  e->max_body = (size_t)max_body;
+  e->max_connections = (long)max_connections;
+
+  if (user_agent != NULL) {
+    e->user_agent = dh3_engine_strdup(user_agent);
+  } else {
+    const char *v = curl_version(); /* "libcurl/7.88.1 OpenSSL/..." */
+    const char *sp = strchr(v, ' ');
+    size_t n = sp != NULL ? (size_t)(sp - v) : strlen(v);
+    e->user_agent = malloc(sizeof("dh3-lua/" DH3_VERSION " ") + n);
+    if (e->user_agent != NULL) {
+      memcpy(e->user_agent, "dh3-lua/" DH3_VERSION " ", sizeof("dh3-lua/" DH3_VERSION " ") - 1);
+      memcpy(e->user_agent + sizeof("dh3-lua/" DH3_VERSION " ") - 1, v, n);
+      e->user_agent[sizeof("dh3-lua/" DH3_VERSION " ") - 1 + n] = '\0';
+    }
+  }
+  if (e->user_agent == NULL) return luaL_error(L, "dh3.engine: out of memory");
+  if (ca_file != NULL && (e->ca_file = dh3_engine_strdup(ca_file)) == NULL)
+    return luaL_error(L, "dh3.engine: out of memory");
+  if (proxy != NULL && (e->proxy = dh3_engine_strdup(proxy)) == NULL)
+    return luaL_error(L, "dh3.engine: out of memory");
+
+  e->pool_cap = max_connections < DH3_MAX_POOL ? (int)max_connections : DH3_MAX_POOL;
+  e->pool = calloc((size_t)e->pool_cap, sizeof(CURL *));
+  if (e->pool == NULL) return luaL_error(L, "dh3.engine: out of memory");
+  e->multi = curl_multi_init();
+  if (e->multi == NULL) return luaL_error(L, "dh3.engine: curl_multi_init failed");
+  /* HTTP/2 multiplexing (the default since 7.62, said out loud) and the size of the
+     connection cache that keep-alive reuse draws from */
+  curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, e->max_connections);
+  return 1;
+}
+/* }====================================================================== */
+
+/* {======================================================================
+** Methods
+** ======================================================================= */
+
+/* engine:request{...} -> request | nil, errmsg (request.c does the work) */
+static int dh3_engine_request(lua_State *L) {
+  dh3_engine *e = dh3_engine_check(L, 1);
+  return dh3_request_new(L, e);
+}
+
+/* Moves every finished transfer from the multi handle to the done queue. */
+static int dh3_engine_collect(dh3_engine *e) {
+  CURLMsg *msg;
+  int left, moved = 0;
+  while ((msg = curl_multi_info_read(e->multi, &left)) != NULL) {
+    CURL *easy;
+    CURLcode code;
+    void *priv = NULL;
+    dh3_request *req;
+    if (msg->msg != CURLMSG_DONE) continue;
+    /* copy out first: msg points into the easy handle and dies with remove_handle */
+    easy = msg->easy_handle;
+    code = msg->data.result;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&priv);
+    req = (dh3_request *)priv;
+    if (req == NULL || req->easy != easy || req->state != DH3_REQ_ACTIVE) {
+      /* not ours: cannot happen, but never touch memory we do not know */
+      curl_multi_remove_handle(e->multi, easy);
+      continue;
+    }
+    dh3_engine_unlink_active(e, req);
+    curl_multi_remove_handle(e->multi, easy);
+    dh3_request_complete(req, code); /* reads CURLINFO_* from the easy handle */
+    req->easy = NULL;
+    dh3_engine_give_easy(e, easy);
+    req->state = DH3_REQ_DONE;
+    dh3_engine_push_done(e, req);
+    moved++;
+  }
+  return moved;
+}
+
+/*
+** engine:perform([timeout]) -> number of transfers still in flight
+** Performs, moves finished transfers to the done queue, and when nothing finished and
+** nothing waits for delivery, waits in curl_multi_poll and performs again, until the
+** deadline. Never blocks longer than timeout (0 = never waits). With no transfers at
+** all, curl_multi_poll simply sleeps: the Lua layer's sleep. Allocates nothing.
+*/
+static int dh3_engine_perform(lua_State *L) {
+  dh3_engine *e = dh3_engine_check(L, 1);
+  lua_Number timeout = luaL_optnumber(L, 2, 0.0);
+  double deadline;
+  luaL_argcheck(L, timeout == timeout, 2, "timeout is NaN");
+  if (timeout < 0) timeout = 0;
+  deadline = dh3_core_now() + (double)timeout;
+  for (;;) {
+    int running = 0;
+    double remaining;
+    int ms;
+    CURLMcode mc = curl_multi_perform(e->multi, &running);
+    if (mc != CURLM_OK)
+      return luaL_error(L, "dh3.engine: curl_multi_perform: %s", curl_multi_strerror(mc));
+    if (dh3_engine_collect(e) > 0 || e->n_done > 0 || timeout <= 0) break;
+    remaining = deadline - dh3_core_now();
+    if (remaining <= 0) break;
+    /* rounded down, so the wait never overshoots; the sub-millisecond rest spins */
+    ms = remaining >= (double)(INT_MAX / 1000) ? INT_MAX : (int)(remaining * 1000.0);
+    mc = curl_multi_poll(e->multi, NULL, 0, ms, NULL);
+    if (mc != CURLM_OK)
+      return luaL_error(L, "dh3.engine: curl_multi_poll: %s", curl_multi_strerror(mc));
+  }
+  lua_pushinteger(L, e->n_active);
+  return 1;
+}
+
+/* engine:next_done() -> result, context | nil when the done queue is empty */
+static int dh3_engine_next_done(lua_State *L) {
+  dh3_engine *e = dh3_engine_check(L, 1);
+  dh3_request *req = e->done_head;
+  int anchors, ud;
+  if (req == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, DH3_ENGINE_UV_ANCHORS);
+  anchors = lua_gettop(L);
+  lua_rawgetp(L, anchors, req); /* the request userdata (nil only after an OOM in request) */
+  ud = lua_gettop(L);
+  /* build everything first: if Lua runs out of memory here, the request stays queued */
+  dh3_request_push_result(L, req, ud);
+  if (lua_isnil(L, ud)) {
+    lua_pushnil(L);
+  } else {
+    lua_getiuservalue(L, ud, DH3_REQUEST_UV_CONTEXT);
+  }
+  /* now deliver: off the queue, un-anchored, ours no more */
+  dh3_engine_unlink_done(e, req);
+  dh3_request_delivered(req);
+  lua_pushnil(L);
+  lua_rawsetp(L, anchors, req);
+  if (!lua_isnil(L, ud)) {
+    lua_pushnil(L);
+    lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);
+  }
+  return 2;
+}
+
+/* engine:pending() -> in_flight, done_waiting */
+static int dh3_engine_pending(lua_State *L) {
+  dh3_engine *e = dh3_engine_check(L, 1);
+  lua_pushinteger(L, e->n_active);
+  lua_pushinteger(L, e->n_done);
+  return 2;
+}
+/* }====================================================================== */
+
+static const luaL_Reg dh3_engine_methods[] = {
+  {"request", dh3_engine_request},
+  {"perform", dh3_engine_perform},
+  {"next_done", dh3_engine_next_done},
+  {"pending", dh3_engine_pending},
+  {"close", dh3_engine_close_l},
+  {NULL, NULL}
+};
+
+static const luaL_Reg dh3_engine_meta[] = {
+  {"__gc", dh3_engine_close_l},
+  {"__close", dh3_engine_close_l},
+  {"__tostring", dh3_engine_tostring},
+  {NULL, NULL}
+};
+
+/* Creates (or, on a second luaopen in the same state, refreshes) the metatable. */
+void dh3_engine_open(lua_State *L) {
+  luaL_newmetatable(L, DH3_ENGINE_MT);
+  luaL_setfuncs(L, dh3_engine_meta, 0);
+  luaL_newlib(L, dh3_engine_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, DH3_ENGINE_MT);
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+}

@@ -1,0 +1,868 @@
+/*
+** request.c: "dh3.request", one HTTP transfer.
+**
+** Options are validated before anything is allocated; the userdata is then made first,
+** so from that point every C resource (easy handle, header list, temp file, buffers) is
+** owned by it and freed by its one close, whatever error follows.
+**
+** The libcurl callbacks run inside curl_multi_perform and touch C state only: they
+** append to the memory buffer or write to the temp file, count bytes, and keep the few
+** response headers the Lua layer needs. No Lua runs in them (no lua_State is even
+** reachable from them), so no error can longjmp through libcurl.
+**
+** Body routing: a 2xx response of a download goes to the temp file; anything else (an
+** API call, or a download's error answer) goes to the memory buffer, capped at max_body,
+** so the error text is available and the destination is never touched by it.
+*/
+#include "dh3.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { DH3_METHOD_GET = 0, DH3_METHOD_POST, DH3_METHOD_HEAD };
+static const char *const dh3_request_method_names[] = {"GET", "POST", "HEAD", NULL};
+
+static const char *const dh3_request_state_names[] = {
+  "new", "active", "done", "delivered", "cancelled"
+};
+
+static const char *const dh3_request_fields[] = {
+  "method", "url", "headers", "body", "timeout", "connect_timeout", "follow_redirects",
+  "download_to", "expect_size", "max_body", "context", NULL
+};
+
+#define DH3_TEMP_SUFFIX ".part-XXXXXX"
+#define DH3_MAX_SECONDS 2000000.0 /* ~23 days: milliseconds still fit a 32-bit long */
+#define DH3_BODY_MIN_CAP ((size_t)16 * 1024)
+
+#define DH3_IS_2XX(s) ((s) >= 200 && (s) <= 299)
+
+/* {======================================================================
+** Options
+** ======================================================================= */
+typedef struct {
+  int method;
+  const char *url;
+  const char *body;
+  size_t body_len;
+  long timeout_ms, connect_timeout_ms; /* 0: not given */
+  int follow_redirects;
+  const char *download_to;
+  curl_off_t expect_size;
+  size_t max_body;
+  int user_expect; /* the caller sent an Expect header of its own */
+} dh3_request_opts;
+
+static int dh3_request_bad(lua_State *L, const char *fmt, ...) {
+  const char *msg;
+  va_list ap;
+  va_start(ap, fmt);
+  msg = lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  return luaL_argerror(L, 2, msg);
+}
+
+/* Pushes opts[name] (raw: no metamethod runs) and returns its type. */
+static int dh3_request_field(lua_State *L, const char *name) {
+  lua_pushstring(L, name);
+  return lua_rawget(L, 2);
+}
+
+/* A string field, without NUL bytes (libcurl takes C strings). The pointer stays valid
+   after the pop: the options table holds the string and nothing changes it meanwhile. */
+static const char *dh3_request_opt_string(lua_State *L, const char *name, size_t *lenp) {
+  const char *s;
+  size_t len;
+  int t = dh3_request_field(L, name);
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (t != LUA_TSTRING)
+    dh3_request_bad(L, "field '%s' must be a string (got %s)", name, luaL_typename(L, -1));
+  s = lua_tolstring(L, -1, &len);
+  if (lenp != NULL) {
+    *lenp = len;
+  } else if (strlen(s) != len) {
+    dh3_request_bad(L, "field '%s' contains a NUL byte", name);
+  }
+  lua_pop(L, 1);
+  return s;
+}
+
+/* Seconds as a number > 0 -> milliseconds, rounded up (0.0001 s must not become 0,
+   which libcurl reads as "no timeout"). 0 when not given. */
+static long dh3_request_opt_ms(lua_State *L, const char *name) {
+  lua_Number s;
+  double ms;
+  long v;
+  int t = dh3_request_field(L, name);
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  s = lua_tonumber(L, -1);
+  if (t != LUA_TNUMBER || !(s > 0) || s > DH3_MAX_SECONDS)
+    dh3_request_bad(L, "field '%s' must be a number of seconds above 0 (at most %d)", name,
+                    (int)DH3_MAX_SECONDS);
+  lua_pop(L, 1);
+  ms = (double)s * 1000.0;
+  v = (long)ms;
+  if ((double)v < ms) v++;
+  return v;
+}
+
+static lua_Integer dh3_request_opt_integer(lua_State *L, const char *name, lua_Integer def,
+                                           lua_Integer min, lua_Integer max) {
+  lua_Integer v;
+  int isint = 0;
+  int t = dh3_request_field(L, name);
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    return def;
+  }
+  v = lua_tointegerx(L, -1, &isint);
+  if (t != LUA_TNUMBER || !isint || v < min || v > max)
+    dh3_request_bad(L, "field '%s' must be an integer from %I to %I", name, min, max);
+  lua_pop(L, 1);
+  return v;
+}
+
+static int dh3_request_prefix_ci(const char *s, size_t len, const char *lower) {
+  size_t i, n = strlen(lower);
+  if (len < n) return 0;
+  for (i = 0; i < n; i++) {
+    char c = s[i];
+    if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+    if (c != lower[i]) return 0;
+  }
+  return 1;
+}
+
+/* Validates every option (raising on a caller's mistake) before anything is allocated. */
+static void dh3_request_parse(lua_State *L, dh3_engine *e, dh3_request_opts *o) {
+  const char *s;
+  memset(o, 0, sizeof(*o));
+  dh3_core_check_fields(L, 2, dh3_request_fields);
+
+  o->method = DH3_METHOD_GET;
+  if ((s = dh3_request_opt_string(L, "method", NULL)) != NULL) {
+    int i;
+    o->method = -1;
+    for (i = 0; dh3_request_method_names[i] != NULL; i++)
+      if (strcmp(s, dh3_request_method_names[i]) == 0) o->method = i;
+    if (o->method < 0) dh3_request_bad(L, "field 'method' must be GET, POST or HEAD");
+  }
+  o->url = dh3_request_opt_string(L, "url", NULL);
+  if (o->url == NULL) dh3_request_bad(L, "field 'url' is required");
+
+  switch (dh3_request_field(L, "headers")) {
+    case LUA_TNIL:
+      break;
+    case LUA_TTABLE: {
+      lua_Integer i, n = (lua_Integer)lua_rawlen(L, -1);
+      for (i = 1; i <= n; i++) {
+        size_t len;
+        const char *h;
+        if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+          dh3_request_bad(L, "field 'headers' must hold strings (item %I is %s)", i,
+                          luaL_typename(L, -1));
+        h = lua_tolstring(L, -1, &len);
+        /* a CR or LF would let a value inject headers of its own */
+        if (strlen(h) != len || strchr(h, '\r') != NULL || strchr(h, '\n') != NULL)
+          dh3_request_bad(L, "field 'headers' item %I contains a NUL, CR or LF byte", i);
+        if (dh3_request_prefix_ci(h, len, "expect:")) o->user_expect = 1;
+        lua_pop(L, 1);
+      }
+      break;
+    }
+    default:
+      dh3_request_bad(L, "field 'headers' must be an array of strings (got %s)",
+                      luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+
+  o->body = dh3_request_opt_string(L, "body", &o->body_len);
+  if (o->body != NULL && o->method != DH3_METHOD_POST)
+    dh3_request_bad(L, "field 'body' needs method POST");
+  o->timeout_ms = dh3_request_opt_ms(L, "timeout");
+  o->connect_timeout_ms = dh3_request_opt_ms(L, "connect_timeout");
+
+  switch (dh3_request_field(L, "follow_redirects")) {
+    case LUA_TNIL:
+      break;
+    case LUA_TBOOLEAN:
+      o->follow_redirects = lua_toboolean(L, -1);
+      break;
+    default:
+      dh3_request_bad(L, "field 'follow_redirects' must be a boolean (got %s)",
+                      luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+
+  o->download_to = dh3_request_opt_string(L, "download_to", NULL);
+  if (o->download_to != NULL && (o->download_to[0] == '\0' || o->method == DH3_METHOD_HEAD))
+    dh3_request_bad(L, "field 'download_to' must be a path, and the method GET or POST");
+  o->expect_size = (curl_off_t)dh3_request_opt_integer(L, "expect_size", -1, 0,
+                                                       LUA_MAXINTEGER);
+  o->max_body = (size_t)dh3_request_opt_integer(L, "max_body", (lua_Integer)e->max_body, 1,
+                                                DH3_MAX_BODY_LIMIT);
+}
+/* }====================================================================== */
+
+/* {======================================================================
+** libcurl callbacks (C only: see the top of the file)
+** ======================================================================= */
+
+static void dh3_request_note(dh3_request *req, const char *fmt, ...) {
+  va_list ap;
+  if (req->note[0] != '\0') return; /* the first explanation is the one that matters */
+  va_start(ap, fmt);
+  vsnprintf(req->note, sizeof(req->note), fmt, ap);
+  va_end(ap);
+}
+
+static long dh3_request_parse_status(const char *buf, size_t len) {
+  size_t i = 5; /* after "HTTP/" */
+  long code = 0;
+  int digits = 0;
+  while (i < len && buf[i] != ' ') i++;
+  while (i < len && buf[i] == ' ') i++;
+  while (i < len && digits < 3 && buf[i] >= '0' && buf[i] <= '9') {
+    code = code * 10 + (buf[i] - '0');
+    i++;
+    digits++;
+  }
+  return digits == 3 ? code : 0;
+}
+
+/* "Name: value\r\n" with name matched case-insensitively -> the trimmed value */
+static int dh3_request_header_value(const char *line, size_t len, const char *lname,
+                                    const char **value, size_t *vlen) {
+  size_t i, end, n = strlen(lname);
+  if (len <= n || line[n] != ':' || !dh3_request_prefix_ci(line, len, lname)) return 0;
+  i = n + 1;
+  while (i < len && (line[i] == ' ' || line[i] == '\t')) i++;
+  end = len;
+  while (end > i && (line[end - 1] == '\r' || line[end - 1] == '\n' || line[end - 1] == ' ' ||
+                     line[end - 1] == '\t'))
+    end--;
+  *value = line + i;
+  *vlen = end - i;
+  return 1;
+}
+
+static int dh3_request_set_fact(char **slot, const char *v, size_t n) {
+  char *p = malloc(n + 1);
+  if (p == NULL) return 0;
+  memcpy(p, v, n);
+  p[n] = '\0';
+  free(*slot);
+  *slot = p;
+  return 1;
+}
+
+static curl_off_t dh3_request_parse_size(const char *v, size_t n) {
+  curl_off_t x = 0;
+  size_t i;
+  if (n == 0) return -1;
+  for (i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '9') return -1;
+    if (x > CURL_OFF_T_C(100000000000000)) return -1; /* 100 TB: nonsense, and no overflow */
+    x = x * 10 + (v[i] - '0');
+  }
+  return x;
+}
+
+/* A new status line starts a new response (a redirect, a 100 Continue, a proxy's
+   CONNECT answer): the facts and the body so far belonged to the previous one. */
+static int dh3_request_new_response(dh3_request *req, long status) {
+  free(req->retry_after);
+  free(req->content_type);
+  free(req->content_length);
+  req->retry_after = req->content_type = req->content_length = NULL;
+  req->content_length_n = -1;
+  req->header_bytes = 0;
+  req->body_len = 0;
+  if (req->to_file && req->bytes > 0) {
+    /* only a 2xx writes to the file and a 2xx is final, but never keep stray bytes */
+    if (fflush(req->fp) != 0 || ftruncate(fileno(req->fp), 0) != 0) {
+      req->write_errno = errno;
+      return 0;
+    }
+    rewind(req->fp);
+  }
+  req->bytes = 0;
+  req->status_seen = status;
+  req->to_file = req->fp != NULL && DH3_IS_2XX(status);
+  return 1;
+}
+
+static size_t dh3_request_on_header(char *buf, size_t size, size_t nitems, void *userdata) {
+  dh3_request *req = (dh3_request *)userdata;
+  size_t len = size * nitems;
+  const char *v;
+  size_t vlen;
+  int ok = 1;
+  if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
+    if (!dh3_request_new_response(req, dh3_request_parse_status(buf, len))) {
+      dh3_request_note(req, "cannot write the temporary file: %s", strerror(req->write_errno));
+      return 0;
+    }
+  }
+  if (len > DH3_MAX_HEADER_BYTES - req->header_bytes) {
+    req->too_large = 1;
+    dh3_request_note(req, "response headers larger than %lu bytes",
+                     (unsigned long)DH3_MAX_HEADER_BYTES);
+    return 0; /* anything but len aborts the transfer */
+  }
+  req->header_bytes += len;
+  if (dh3_request_header_value(buf, len, "retry-after", &v, &vlen)) {
+    ok = dh3_request_set_fact(&req->retry_after, v, vlen);
+  } else if (dh3_request_header_value(buf, len, "content-type", &v, &vlen)) {
+    ok = dh3_request_set_fact(&req->content_type, v, vlen);
+  } else if (dh3_request_header_value(buf, len, "content-length", &v, &vlen)) {
+    ok = dh3_request_set_fact(&req->content_length, v, vlen);
+    req->content_length_n = dh3_request_parse_size(v, vlen);
+  }
+  if (!ok) {
+    req->oom = 1;
+    dh3_request_note(req, "out of memory for the response headers");
+    return 0;
+  }
+  return len;
+}
+
+static size_t dh3_request_on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
+  dh3_request *req = (dh3_request *)userdata;
+  size_t len = size * nmemb;
+  if (len == 0) return 0;
+  if (DH3_IS_2XX(req->status_seen) && req->expect_size >= 0 &&
+      (curl_off_t)len > req->expect_size - req->bytes) {
+    req->too_large = 1;
+    dh3_request_note(req, "more than the expected %" CURL_FORMAT_CURL_OFF_T " bytes",
+                     req->expect_size);
+    return 0;
+  }
+  if (req->to_file) {
+    if (fwrite(ptr, 1, len, req->fp) != len) {
+      req->write_errno = errno;
+      dh3_request_note(req, "cannot write the temporary file: %s", strerror(errno));
+      return 0;
+    }
+  } else {
+    if (len > req->max_body - req->body_len) {
+      req->too_large = 1;
+      dh3_request_note(req, "response body larger than the limit of %lu bytes",
+                       (unsigned long)req->max_body);
+      return 0;
+    }
+    if (req->body_len + len > req->body_cap) {
+      size_t need = req->body_len + len;
+      size_t cap = req->body_cap > 0 ? req->body_cap : DH3_BODY_MIN_CAP;
+      char *p;
+      while (cap < need) cap = cap <= req->max_body / 2 ? cap * 2 : req->max_body;
+      if (cap > req->max_body) cap = req->max_body; /* need <= max_body, checked above */
+      p = realloc(req->body, cap);
+      if (p == NULL) {
+        req->oom = 1;
+        dh3_request_note(req, "out of memory for the response body");
+        return 0;
+      }
+      req->body = p;
+      req->body_cap = cap;
+    }
+    memcpy(req->body + req->body_len, ptr, len);
+    req->body_len += len;
+  }
+  req->bytes += (curl_off_t)len;
+  return len;
+}
+/* }====================================================================== */
+
+/* {======================================================================
+** Setting up, finishing, tearing down
+** ======================================================================= */
+
+static CURLcode dh3_request_setup(dh3_request *req, dh3_engine *e, const dh3_request_opts *o) {
+  CURL *h = req->easy;
+  CURLcode rc;
+#define DH3_SET(opt, val)                                            \
+  do {                                                               \
+    if ((rc = curl_easy_setopt(h, opt, val)) != CURLE_OK) return rc; \
+  } while (0)
+  DH3_SET(CURLOPT_PRIVATE, (void *)req);
+  DH3_SET(CURLOPT_ERRORBUFFER, req->errbuf); /* lives in the request: valid while active */
+  DH3_SET(CURLOPT_NOSIGNAL, 1L); /* no SIGALRM into a host's process, no longjmp */
+  DH3_SET(CURLOPT_URL, o->url);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  DH3_SET(CURLOPT_PROTOCOLS_STR, "http,https");
+  DH3_SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+  DH3_SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+  DH3_SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  /* refused only by a libcurl without HTTP/2, which then speaks HTTP/1.1: fine */
+  (void)curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  DH3_SET(CURLOPT_TCP_KEEPALIVE, 1L);
+  /* the defaults, said out loud: there is no option to turn verification off */
+  DH3_SET(CURLOPT_SSL_VERIFYPEER, 1L);
+  DH3_SET(CURLOPT_SSL_VERIFYHOST, 2L);
+  DH3_SET(CURLOPT_USERAGENT, e->user_agent);
+  if (e->ca_file != NULL) DH3_SET(CURLOPT_CAINFO, e->ca_file);
+  if (e->proxy != NULL) DH3_SET(CURLOPT_PROXY, e->proxy);
+  DH3_SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  DH3_SET(CURLOPT_HEADERFUNCTION, dh3_request_on_header);
+  DH3_SET(CURLOPT_HEADERDATA, (void *)req);
+  DH3_SET(CURLOPT_WRITEFUNCTION, dh3_request_on_body);
+  DH3_SET(CURLOPT_WRITEDATA, (void *)req);
+  /* libcurl does not copy the list: it stays ours until the transfer is finished */
+  if (req->headers != NULL) DH3_SET(CURLOPT_HTTPHEADER, req->headers);
+  switch (o->method) {
+    case DH3_METHOD_POST:
+      DH3_SET(CURLOPT_POST, 1L);
+      /* the size first: COPYPOSTFIELDS then copies exactly that many bytes (a body may
+         hold NULs); set afterwards, libcurl would have used strlen() */
+      DH3_SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
+      DH3_SET(CURLOPT_COPYPOSTFIELDS, o->body != NULL ? o->body : "");
+      break;
+    case DH3_METHOD_HEAD:
+      DH3_SET(CURLOPT_NOBODY, 1L);
+      break;
+    default:
+      DH3_SET(CURLOPT_HTTPGET, 1L);
+      break;
+  }
+  /* API answers may be compressed; a download must arrive as the bytes whose size the
+     service announced, so it asks for no encoding */
+  if (o->download_to == NULL) DH3_SET(CURLOPT_ACCEPT_ENCODING, "");
+  if (o->timeout_ms > 0) DH3_SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
+  if (o->connect_timeout_ms > 0) DH3_SET(CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
+  if (o->follow_redirects) {
+    DH3_SET(CURLOPT_FOLLOWLOCATION, 1L);
+    DH3_SET(CURLOPT_MAXREDIRS, DH3_MAX_REDIRS);
+    /* CURLOPT_UNRESTRICTED_AUTH stays off: libcurl then drops Authorization (ours in
+       the header list too) when a redirect leads to another host */
+  } else {
+    DH3_SET(CURLOPT_FOLLOWLOCATION, 0L);
+  }
+#undef DH3_SET
+  return CURLE_OK;
+}
+
+/* Closes and removes the temp file and frees the header list: what a transfer holds
+   besides its easy handle. Only once the easy handle has left the multi handle. */
+void dh3_request_drop_transfer(dh3_request *req) {
+  if (req->fp != NULL) {
+    fclose(req->fp);
+    req->fp = NULL;
+  }
+  if (req->tmp != NULL) {
+    unlink(req->tmp);
+    free(req->tmp);
+    req->tmp = NULL;
+  }
+  curl_slist_free_all(req->headers);
+  req->headers = NULL;
+  req->to_file = 0;
+}
+
+/* A download that ended: the temp file becomes the destination, or disappears. */
+static void dh3_request_finalize(dh3_request *req) {
+  FILE *fp = req->fp;
+  int good = req->code == CURLE_OK && req->to_file && DH3_IS_2XX(req->status_seen) &&
+             !req->too_large;
+  req->fp = NULL;
+  if (good && req->expect_size >= 0 && req->bytes != req->expect_size) {
+    req->size_mismatch = 1;
+    good = 0;
+    dh3_request_note(req, "received %" CURL_FORMAT_CURL_OFF_T " bytes, expected %"
+                     CURL_FORMAT_CURL_OFF_T, req->bytes, req->expect_size);
+  }
+  if (good && req->content_length_n >= 0 && req->bytes != req->content_length_n) {
+    req->size_mismatch = 1;
+    good = 0;
+    dh3_request_note(req, "received %" CURL_FORMAT_CURL_OFF_T " bytes, Content-Length was %"
+                     CURL_FORMAT_CURL_OFF_T, req->bytes, req->content_length_n);
+  }
+  /* fclose flushes: a full disk shows up here. No fsync: it can stall the caller's
+     frame for a long time, and rename() is atomic for readers without it. */
+  if (fp != NULL && fclose(fp) != 0 && good) {
+    good = 0;
+    dh3_request_note(req, "cannot write %s: %s", req->tmp, strerror(errno));
+  }
+  if (good && rename(req->tmp, req->dest) != 0) {
+    good = 0;
+    dh3_request_note(req, "cannot rename %s to %s: %s", req->tmp, req->dest, strerror(errno));
+  }
+  if (good) {
+    req->finalized = 1;
+  } else {
+    unlink(req->tmp);
+    if (req->code == CURLE_OK && !DH3_IS_2XX(req->status_seen))
+      dh3_request_note(req, "HTTP status %ld: %s was not written", req->status_seen,
+                       req->dest);
+  }
+  free(req->tmp);
+  req->tmp = NULL;
+  req->to_file = 0;
+}
+
+/* Called by the engine once the easy handle left the multi handle, before it goes back
+   to the pool: the facts Lua will see are read now, and a download is finished. */
+void dh3_request_complete(dh3_request *req, CURLcode code) {
+  CURL *h = req->easy;
+  long v;
+  curl_off_t t;
+  req->code = code;
+  if (curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &v) == CURLE_OK) req->status = v;
+  if (curl_easy_getinfo(h, CURLINFO_HTTP_VERSION, &v) == CURLE_OK) req->http_version = v;
+  if (curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &v) == CURLE_OK) req->request_size = v;
+  if (curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &v) == CURLE_OK) req->connects = v;
+  if (curl_easy_getinfo(h, CURLINFO_TOTAL_TIME_T, &t) == CURLE_OK) req->time_total = t;
+  if (curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &t) == CURLE_OK) req->time_connect = t;
+  if (curl_easy_getinfo(h, CURLINFO_STARTTRANSFER_TIME_T, &t) == CURLE_OK)
+    req->time_start = t;
+  curl_slist_free_all(req->headers); /* libcurl is done with it */
+  req->headers = NULL;
+  if (req->dest != NULL) {
+    dh3_request_finalize(req);
+  } else if (code == CURLE_OK && DH3_IS_2XX(req->status_seen) && req->expect_size >= 0 &&
+             req->bytes != req->expect_size) {
+    req->size_mismatch = 1;
+    dh3_request_note(req, "received %" CURL_FORMAT_CURL_OFF_T " bytes, expected %"
+                     CURL_FORMAT_CURL_OFF_T, req->bytes, req->expect_size);
+  }
+}
+
+/* Cancels an ACTIVE or DONE request: out of its engine, un-anchored (the userdata is at
+   ud), transfer dropped. Returns whether there was anything to cancel. */
+static int dh3_request_stop(lua_State *L, int ud, dh3_request *req) {
+  if (req->state != DH3_REQ_ACTIVE && req->state != DH3_REQ_DONE) return 0;
+  if (req->engine != NULL) dh3_engine_remove(req->engine, req);
+  dh3_request_drop_transfer(req);
+  req->state = DH3_REQ_CANCELLED;
+  /* rawset of nil on an existing key allocates nothing: safe in __gc and lua_close */
+  if (lua_getiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS) == LUA_TTABLE) {
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, req);
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);
+  return 1;
+}
+
+/* The one close behind __gc and __close; idempotent. */
+static void dh3_request_close(lua_State *L, int ud, dh3_request *req) {
+  if (req->closed) return;
+  dh3_request_stop(L, ud, req);
+  if (req->easy != NULL) { /* a request that failed while being set up */
+    curl_easy_cleanup(req->easy);
+    req->easy = NULL;
+  }
+  dh3_request_drop_transfer(req);
+  free(req->body);
+  free(req->dest);
+  free(req->retry_after);
+  free(req->content_type);
+  free(req->content_length);
+  req->body = req->dest = req->retry_after = req->content_type = req->content_length = NULL;
+  req->body_len = req->body_cap = 0;
+  req->closed = 1;
+}
+
+/* Undoes a request that could not start: pushes nil, message. */
+static int dh3_request_fail(lua_State *L, dh3_engine *e, dh3_request *req, const char *fmt,
+                            ...) {
+  va_list ap;
+  if (req->easy != NULL) {
+    dh3_engine_give_easy(e, req->easy); /* never added to the multi handle */
+    req->easy = NULL;
+  }
+  dh3_request_drop_transfer(req);
+  req->state = DH3_REQ_CANCELLED;
+  lua_pushnil(L);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  return 2;
+}
+
+/* engine:request{...} -> request | nil, errmsg. Stack: 1 engine (checked open), 2 options. */
+int dh3_request_new(lua_State *L, dh3_engine *e) {
+  dh3_request_opts o;
+  dh3_request *req;
+  CURLcode rc;
+  CURLMcode mc;
+  int ud, fd;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  dh3_request_parse(L, e, &o);
+
+  req = (dh3_request *)lua_newuserdatauv(L, sizeof(*req), 2);
+  ud = lua_gettop(L);
+  memset(req, 0, sizeof(*req));
+  req->state = DH3_REQ_NEW;
+  req->method = o.method;
+  req->max_body = o.max_body;
+  req->expect_size = o.expect_size;
+  req->content_length_n = -1;
+  luaL_setmetatable(L, DH3_REQUEST_MT); /* from here __gc frees whatever is attached */
+  dh3_request_field(L, "context");
+  lua_setiuservalue(L, ud, DH3_REQUEST_UV_CONTEXT);
+
+  if (o.download_to != NULL) {
+    size_t n = strlen(o.download_to);
+    req->dest = malloc(n + 1);
+    req->tmp = malloc(n + sizeof(DH3_TEMP_SUFFIX));
+    if (req->dest == NULL || req->tmp == NULL)
+      return dh3_request_fail(L, e, req, "out of memory");
+    memcpy(req->dest, o.download_to, n + 1);
+    memcpy(req->tmp, o.download_to, n);
+    memcpy(req->tmp + n, DH3_TEMP_SUFFIX, sizeof(DH3_TEMP_SUFFIX));
+    /* created at once: from here req->tmp always names a file of ours, which every
+       failure path (and __gc) unlinks */
+    fd = mkstemp(req->tmp); /* O_EXCL, mode 0600, beside the destination */
+    if (fd < 0) {
+      int err = errno;
+      free(req->tmp); /* only a template: nothing to unlink */
+      req->tmp = NULL;
+      return dh3_request_fail(L, e, req, "cannot create a temporary file for %s: %s",
+                              req->dest, strerror(err));
+    }
+    req->fp = fdopen(fd, "wb");
+    if (req->fp == NULL) {
+      int err = errno;
+      close(fd);
+      return dh3_request_fail(L, e, req, "cannot open a temporary file for %s: %s", req->dest,
+                              strerror(err));
+    }
+  }
+  if (dh3_request_field(L, "headers") == LUA_TTABLE) {
+    lua_Integer i, n = (lua_Integer)lua_rawlen(L, -1);
+    for (i = 1; i <= n; i++) {
+      struct curl_slist *l;
+      lua_rawgeti(L, -1, i);
+      l = curl_slist_append(req->headers, lua_tostring(L, -1));
+      lua_pop(L, 1);
+      /* on failure the old list is untouched and still ours */
+      if (l == NULL) return dh3_request_fail(L, e, req, "out of memory");
+      req->headers = l;
+    }
+  }
+  lua_pop(L, 1);
+  if (o.method == DH3_METHOD_POST && !o.user_expect) {
+    /* no "Expect: 100-continue" round trip (libcurl adds it to large bodies) */
+    struct curl_slist *l = curl_slist_append(req->headers, "Expect:");
+    if (l == NULL) return dh3_request_fail(L, e, req, "out of memory");
+    req->headers = l;
+  }
+
+  req->easy = dh3_engine_take_easy(e);
+  if (req->easy == NULL) return dh3_request_fail(L, e, req, "curl_easy_init failed");
+  rc = dh3_request_setup(req, e, &o);
+  if (rc != CURLE_OK)
+    return dh3_request_fail(L, e, req, "cannot set up the request: %s", curl_easy_strerror(rc));
+
+  mc = curl_multi_add_handle(e->multi, req->easy);
+  if (mc != CURLM_OK)
+    return dh3_request_fail(L, e, req, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
+  req->engine = e;
+  req->state = DH3_REQ_ACTIVE;
+  dh3_engine_link_active(e, req);
+
+  /* anchor until delivered: engine anchors[req] = userdata; the request keeps the
+     anchor table (not the engine) so that cancel can un-anchor it */
+  lua_getiuservalue(L, 1, DH3_ENGINE_UV_ANCHORS);
+  lua_pushvalue(L, ud);
+  lua_rawsetp(L, -2, req);
+  lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);
+  lua_settop(L, ud);
+  return 1;
+}
+/* }====================================================================== */
+
+/* {======================================================================
+** The result table
+** ======================================================================= */
+
+static void dh3_request_set_string(lua_State *L, const char *key, const char *v) {
+  if (v == NULL) return;
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, key);
+}
+
+static void dh3_request_set_seconds(lua_State *L, const char *key, curl_off_t us) {
+  lua_pushnumber(L, (lua_Number)us / 1e6);
+  lua_setfield(L, -2, key);
+}
+
+static void dh3_request_push_message(lua_State *L, dh3_request *req) {
+  luaL_Buffer b;
+  if (req->note[0] == '\0' && req->code == CURLE_OK) {
+    lua_pushnil(L);
+    return;
+  }
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, req->note);
+  if (req->code != CURLE_OK) {
+    size_t len = strlen(req->errbuf);
+    while (len > 0 && (req->errbuf[len - 1] == '\n' || req->errbuf[len - 1] == '\r')) len--;
+    if (req->note[0] != '\0') luaL_addstring(&b, " (");
+    luaL_addstring(&b, curl_easy_strerror(req->code));
+    if (len > 0) {
+      luaL_addstring(&b, ": ");
+      luaL_addlstring(&b, req->errbuf, len);
+    }
+    if (req->note[0] != '\0') luaL_addchar(&b, ')');
+  }
+  luaL_pushresult(&b);
+}
+
+/* Pushes the result table of a DONE request (ud: its userdata, or nil). */
+void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
+  int ok = req->code == CURLE_OK && !req->too_large && !req->size_mismatch && !req->oom &&
+           (req->dest == NULL || req->finalized);
+  const char *hv = NULL;
+  lua_createtable(L, 0, 20);
+  lua_pushvalue(L, ud);
+  lua_setfield(L, -2, "request");
+  lua_pushboolean(L, ok);
+  lua_setfield(L, -2, "ok");
+  lua_pushinteger(L, (lua_Integer)req->status);
+  lua_setfield(L, -2, "status");
+  lua_pushinteger(L, (lua_Integer)req->code);
+  lua_setfield(L, -2, "curl_code");
+  dh3_request_set_string(L, "curl_error", dh3_core_error_name(req->code));
+  dh3_request_push_message(L, req);
+  lua_setfield(L, -2, "message");
+  /* the body of the last response, unless it went to the file or was cut short */
+  if (req->status_seen != 0 && !req->finalized && !req->too_large && !req->oom &&
+      (req->dest == NULL || !DH3_IS_2XX(req->status_seen))) {
+    lua_pushlstring(L, req->body != NULL ? req->body : "", req->body_len);
+    lua_setfield(L, -2, "body");
+  }
+  lua_pushinteger(L, (lua_Integer)req->bytes);
+  lua_setfield(L, -2, "bytes");
+  lua_createtable(L, 0, 3);
+  dh3_request_set_string(L, "retry_after", req->retry_after);
+  dh3_request_set_string(L, "content_type", req->content_type);
+  dh3_request_set_string(L, "content_length", req->content_length);
+  lua_setfield(L, -2, "headers");
+  dh3_request_set_seconds(L, "time", req->time_total);
+  dh3_request_set_seconds(L, "time_connect", req->time_connect);
+  dh3_request_set_seconds(L, "time_starttransfer", req->time_start);
+  lua_pushinteger(L, (lua_Integer)req->request_size);
+  lua_setfield(L, -2, "request_size");
+  lua_pushinteger(L, (lua_Integer)req->connects);
+  lua_setfield(L, -2, "connects");
+  switch (req->http_version) {
+    case CURL_HTTP_VERSION_1_0: hv = "1.0"; break;
+    case CURL_HTTP_VERSION_1_1: hv = "1.1"; break;
+    case CURL_HTTP_VERSION_2_0: hv = "2"; break;
+    case CURL_HTTP_VERSION_3: hv = "3"; break;
+    default: break;
+  }
+  dh3_request_set_string(L, "http_version", hv);
+  lua_pushboolean(L, req->too_large);
+  lua_setfield(L, -2, "too_large");
+  lua_pushboolean(L, req->size_mismatch);
+  lua_setfield(L, -2, "size_mismatch");
+  if (req->finalized) dh3_request_set_string(L, "path", req->dest);
+}
+
+/* next_done handed the result out: the request is no longer the engine's. */
+void dh3_request_delivered(dh3_request *req) {
+  req->engine = NULL;
+  req->state = DH3_REQ_DELIVERED;
+  free(req->body); /* now a Lua string in the result */
+  req->body = NULL;
+  req->body_len = req->body_cap = 0;
+}
+/* }====================================================================== */
+
+/* {======================================================================
+** Methods
+** ======================================================================= */
+
+static dh3_request *dh3_request_check(lua_State *L) {
+  dh3_request *req = (dh3_request *)luaL_checkudata(L, 1, DH3_REQUEST_MT);
+  if (req->closed) luaL_error(L, "dh3.request: attempt to use a closed request");
+  return req;
+}
+
+/* request:cancel() -> true if it stopped something. It is never delivered; a download's
+   temp file is removed (a download already finished and renamed stays). */
+static int dh3_request_cancel(lua_State *L) {
+  dh3_request *req = dh3_request_check(L);
+  lua_pushboolean(L, dh3_request_stop(L, 1, req));
+  return 1;
+}
+
+/* request:progress() -> bytes_received, total (Content-Length or expect_size, or nil) */
+static int dh3_request_progress(lua_State *L) {
+  dh3_request *req = dh3_request_check(L);
+  lua_pushinteger(L, (lua_Integer)req->bytes);
+  if (req->content_length_n >= 0) {
+    lua_pushinteger(L, (lua_Integer)req->content_length_n);
+  } else if (req->expect_size >= 0) {
+    lua_pushinteger(L, (lua_Integer)req->expect_size);
+  } else {
+    lua_pushnil(L);
+  }
+  return 2;
+}
+
+/* request:state() -> "active" | "done" | "delivered" | "cancelled" */
+static int dh3_request_state(lua_State *L) {
+  dh3_request *req = dh3_request_check(L);
+  lua_pushstring(L, dh3_request_state_names[req->state]);
+  return 1;
+}
+
+static int dh3_request_close_l(lua_State *L) {
+  dh3_request *req = (dh3_request *)luaL_checkudata(L, 1, DH3_REQUEST_MT);
+  dh3_request_close(L, 1, req);
+  return 0;
+}
+
+static int dh3_request_tostring(lua_State *L) {
+  dh3_request *req = (dh3_request *)luaL_checkudata(L, 1, DH3_REQUEST_MT);
+  if (req->closed) {
+    lua_pushfstring(L, "dh3.request (%p, closed)", (void *)req);
+  } else {
+    lua_pushfstring(L, "dh3.request (%p, %s%s, %s)", (void *)req,
+                    dh3_request_method_names[req->method], req->dest != NULL ? " download" : "",
+                    dh3_request_state_names[req->state]);
+  }
+  return 1;
+}
+/* }====================================================================== */
+
+static const luaL_Reg dh3_request_methods[] = {
+  {"cancel", dh3_request_cancel},
+  {"progress", dh3_request_progress},
+  {"state", dh3_request_state},
+  {NULL, NULL}
+};
+
+static const luaL_Reg dh3_request_meta[] = {
+  {"__gc", dh3_request_close_l},
+  {"__close", dh3_request_close_l},
+  {"__tostring", dh3_request_tostring},
+  {NULL, NULL}
+};
+
+void dh3_request_open(lua_State *L) {
+  luaL_newmetatable(L, DH3_REQUEST_MT);
+  luaL_setfuncs(L, dh3_request_meta, 0);
+  luaL_newlib(L, dh3_request_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, DH3_REQUEST_MT);
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+}
