@@ -80,15 +80,16 @@ static void dh3_json_push_function(lua_State *L, const char *fname) {
 /* Converts, in the table at idx and below: cjson.null values to nil (object keys
    disappear, arrays keep a hole), and floats with an exact integer value within
    +-2^53 to Lua integers (cjson 2.1.0 decodes 5 as 5.0). Modifying or clearing
-   existing fields during lua_next is allowed. Depth is bounded by decode_max_depth,
+   existing fields during lua_next is allowed. cjson.null is the lightuserdata NULL,
+   upvalue 2 (false when unknown, which then matches nothing). Depth is bounded by decode_max_depth,
    the guard here only protects against a decoder that ignores it. */
-static int dh3_json_clean(lua_State *L, int idx, const void *null, int depth) {
+static int dh3_json_clean(lua_State *L, int idx, int depth) {
   if (depth > DH3_JSON_MAX_DEPTH + 1) return 0;
   if (!lua_checkstack(L, 4)) return 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int t = lua_type(L, -1);
-    if (t == LUA_TLIGHTUSERDATA && null != NULL && lua_touserdata(L, -1) == null) {
+    if (t == LUA_TLIGHTUSERDATA && lua_rawequal(L, -1, lua_upvalueindex(2))) {
       lua_pop(L, 1);
       lua_pushvalue(L, -1);
       lua_pushnil(L);
@@ -107,7 +108,7 @@ static int dh3_json_clean(lua_State *L, int idx, const void *null, int depth) {
         continue;
       }
     } else if (t == LUA_TTABLE) {
-      if (!dh3_json_clean(L, lua_gettop(L), null, depth + 1)) return 0;
+      if (!dh3_json_clean(L, lua_gettop(L), depth + 1)) return 0;
     }
     lua_pop(L, 1);
   }
@@ -119,7 +120,6 @@ static int dh3_json_decode(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
   lua_Integer max = luaL_optinteger(L, 2, DH3_JSON_DEFAULT_MAX_BYTES);
-  const void *null = lua_touserdata(L, lua_upvalueindex(2));
   luaL_argcheck(L, max >= 0, 2, "max_bytes must not be negative");
   dh3_json_push_function(L, "decode");
   /* before decoding: cjson exits the process when it runs out of memory */
@@ -146,14 +146,14 @@ static int dh3_json_decode(lua_State *L) {
   }
   switch (lua_type(L, -1)) {
     case LUA_TTABLE:
-      if (!dh3_json_clean(L, lua_gettop(L), null, 1)) {
+      if (!dh3_json_clean(L, lua_gettop(L), 1)) {
         lua_pushnil(L);
         lua_pushliteral(L, "JSON nesting too deep");
         return 2;
       }
       break;
     case LUA_TLIGHTUSERDATA:
-      if (null != NULL && lua_touserdata(L, -1) == null) {
+      if (lua_rawequal(L, -1, lua_upvalueindex(2))) {
         lua_pushnil(L);
         lua_pushliteral(L, "JSON text is null");
         return 2;

@@ -1,0 +1,1054 @@
+-- Specs of the C core, `dh3.core`: the JSON bridge, the engine and its requests.
+-- Transfers go to a tiny HTTP/1.1 server on loopback, started by this file in a child
+-- process (luasocket, coroutines), that serves fixed answers: status codes with
+-- Retry-After, slow answers, reset connections, bodies of N bytes with a right or wrong
+-- Content-Length, a slow drip, redirects, oversized headers, an echo.
+local core = require "dh3.core"
+
+-- Timing bounds are generous, and more so under valgrind or the sanitizers.
+local SLOW = 1
+do
+  local f = io.open("/proc/self/maps", "r")
+  local maps = f and f:read("a") or ""
+  if f then f:close() end
+  if maps:find("vgpreload", 1, true) then
+    SLOW = 25
+  elseif maps:find("libasan", 1, true) then
+    SLOW = 4
+  end
+end
+
+-- {=====================================================================
+-- The test server
+-- ======================================================================
+local SERVER = [=[
+local socket = require "socket"
+local cjson = require "cjson"
+local srv = assert(socket.bind("127.0.0.1", 0))
+srv:settimeout(0)
+local _, port = srv:getsockname()
+io.stdout:write(port, "\n")
+io.stdout:flush()
+
+local threads = {}
+
+local function recv(c, pattern)
+  local acc = ""
+  while true do
+    local data, err, partial = c:receive(pattern, acc)
+    if data then return data end
+    if err ~= "timeout" then return nil, err end
+    acc = partial or acc
+    coroutine.yield("read", c)
+  end
+end
+
+local function send(c, data)
+  local i = 1
+  while i <= #data do
+    local last, err, partial = c:send(data, i)
+    if last then
+      i = last + 1
+    elseif err == "timeout" then
+      i = partial + 1
+      coroutine.yield("write", c)
+    else
+      return nil, err
+    end
+  end
+  return true
+end
+
+local function sleep(s) coroutine.yield("sleep", socket.gettime() + s) end
+
+local REASONS = { [200] = "OK", [302] = "Found", [404] = "Not Found", [429] = "Too Many Requests",
+                  [500] = "Internal Server Error", [503] = "Service Unavailable" }
+
+local function head(status, headers)
+  local out = { ("HTTP/1.1 %d %s\r\n"):format(status, REASONS[status] or "Status") }
+  for _, h in ipairs(headers) do out[#out + 1] = h .. "\r\n" end
+  out[#out + 1] = "\r\n"
+  return table.concat(out)
+end
+
+local function pattern_bytes(n)
+  local chunk = ("0123456789abcdef"):rep(64) -- 1 KiB
+  local parts = {}
+  for _ = 1, n // 1024 do parts[#parts + 1] = chunk end
+  parts[#parts + 1] = chunk:sub(1, n % 1024)
+  return table.concat(parts)
+end
+
+local function respond(c, status, body, extra)
+  local headers = { "Content-Length: " .. #body, "Content-Type: text/plain" }
+  for _, h in ipairs(extra or {}) do headers[#headers + 1] = h end
+  return send(c, head(status, headers) .. body)
+end
+
+-- returns true to keep the connection open
+local function route(c, method, path, query, reqh, body)
+  local n, m
+  n = path:match("^/status/(%d+)$")
+  if n then
+    local extra = {}
+    if query.retry_after then extra[1] = "Retry-After: " .. query.retry_after end
+    respond(c, tonumber(n), "status " .. n, extra)
+    return true
+  end
+  n = path:match("^/slow/(%d+)$")
+  if n then
+    sleep(tonumber(n) / 1000)
+    respond(c, 200, "slow")
+    return true
+  end
+  if path == "/reset" then
+    c:setoption("linger", { on = true, timeout = 0 })
+    return false
+  end
+  n = path:match("^/bytes/(%d+)$")
+  if n then
+    n = tonumber(n)
+    local cl = query.cl and tonumber(query.cl) or n
+    local status = query.status and tonumber(query.status) or 200
+    send(c, head(status, { "Content-Length: " .. cl, "Content-Type: application/octet-stream" })
+      .. (method == "HEAD" and "" or pattern_bytes(n)))
+    return cl == n
+  end
+  n = path:match("^/nolength/(%d+)$")
+  if n then
+    send(c, head(200, { "Connection: close" }) .. pattern_bytes(tonumber(n)))
+    return false
+  end
+  n, m = path:match("^/drip/(%d+)/(%d+)$")
+  if n then
+    n, m = tonumber(n), tonumber(m)
+    if not send(c, head(200, { "Content-Length: " .. n })) then return false end
+    local data = pattern_bytes(n)
+    for i = 1, n, 1024 do
+      if not send(c, data:sub(i, i + 1023)) then return false end
+      sleep(m / 1000)
+    end
+    return true
+  end
+  if path == "/redirect" then
+    respond(c, 302, "moved", { "Location: /bytes/10" })
+    return true
+  end
+  if path == "/loop" then
+    respond(c, 302, "again", { "Location: /loop" })
+    return true
+  end
+  n = path:match("^/headers/(%d+)$")
+  if n then
+    local extra = {}
+    for i = 1, tonumber(n) do extra[i] = ("X-Filler-%d: %s"):format(i, ("x"):rep(100)) end
+    respond(c, 200, "many headers", extra)
+    return true
+  end
+  if path == "/json" then
+    respond(c, 200, '{"code":200,"n":5,"x":null,"list":[1,2.5,"3"]}', { "Content-Type: application/json" })
+    return true
+  end
+  if path == "/echo" then
+    respond(c, 200, cjson.encode{ method = method, path = path, headers = reqh, body = body })
+    return true
+  end
+  respond(c, 404, "no route " .. path)
+  return true
+end
+
+local function serve(c)
+  while true do
+    local line = recv(c, "*l")
+    if not line then break end
+    if line ~= "" then
+      local method, target = line:match("^(%u+) (%S+)")
+      local reqh = {}
+      while true do
+        local h = recv(c, "*l")
+        if not h then c:close() return end
+        if h == "" then break end
+        local k, v = h:match("^([^:]+):%s*(.-)%s*$")
+        if k then reqh[k:lower()] = v end
+      end
+      local body = ""
+      local len = tonumber(reqh["content-length"] or "0")
+      if len and len > 0 then
+        body = recv(c, len)
+        if not body then break end
+      end
+      local path, qs = target:match("^([^?]*)%??(.*)$")
+      local query = {}
+      for k, v in qs:gmatch("([^&=]+)=([^&]*)") do query[k] = v end
+      local ok, keep = pcall(route, c, method, path, query, reqh, body)
+      if not ok then io.stderr:write("server: ", tostring(keep), "\n") keep = false end
+      if not keep then break end
+    end
+  end
+  c:close()
+end
+
+while true do
+  local reads, writes, wake = { srv }, {}, math.huge
+  for _, t in ipairs(threads) do
+    if t.kind == "read" then reads[#reads + 1] = t.arg
+    elseif t.kind == "write" then writes[#writes + 1] = t.arg
+    elseif t.kind == "sleep" then wake = math.min(wake, t.arg) end
+  end
+  local timeout = math.max(0, math.min(wake - socket.gettime(), 0.05))
+  local r, w = socket.select(reads, writes, timeout)
+  while true do
+    local c = srv:accept()
+    if not c then break end
+    c:settimeout(0)
+    c:setoption("tcp-nodelay", true)
+    threads[#threads + 1] = { co = coroutine.create(serve), kind = "start", arg = c }
+  end
+  local now, live = socket.gettime(), {}
+  for _, t in ipairs(threads) do
+    local ready = t.kind == "start" or (t.kind == "read" and r[t.arg]) or
+      (t.kind == "write" and w[t.arg]) or (t.kind == "sleep" and now >= t.arg)
+    if ready then
+      local ok, kind, arg = coroutine.resume(t.co, t.arg)
+      if not ok then io.stderr:write("server: ", tostring(kind), "\n") end
+      t.kind, t.arg = kind, arg
+    end
+    if coroutine.status(t.co) ~= "dead" then live[#live + 1] = t end
+  end
+  threads = live
+end
+]=]
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
+end
+
+local Server = {}
+Server.__index = Server
+
+local function start_server()
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(SERVER)
+  f:close()
+  -- the shell prints its pid, then becomes the server (exec), so that pid is the server's
+  local pipe = assert(io.popen("echo $$; exec lua5.4 " .. shell_quote(script) .. " 2>&1", "r"))
+  local pid = tonumber(pipe:read("l"))
+  local port = tonumber(pipe:read("l"))
+  os.remove(script)
+  assert(pid and port, "the test server did not start")
+  return setmetatable({ pid = pid, port = port, pipe = pipe,
+                        url = "http://127.0.0.1:" .. port }, Server)
+end
+
+function Server:stop()
+  if not self.pipe then return end
+  os.execute("kill " .. self.pid .. " 2>/dev/null")
+  self.pipe:close()
+  self.pipe = nil
+end
+-- }=====================================================================
+
+-- {=====================================================================
+-- Helpers
+-- ======================================================================
+-- A loopback port where nothing listens.
+local function closed_port()
+  local socket = require "socket"
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+local function make_tmpdir()
+  local p = io.popen("mktemp -d")
+  local dir = p:read("l")
+  p:close()
+  return dir
+end
+
+local function ls(dir)
+  local p = io.popen("ls -A " .. shell_quote(dir))
+  local names = {}
+  for line in p:lines() do names[#names + 1] = line end
+  p:close()
+  table.sort(names)
+  return names
+end
+
+local function temp_files(dir)
+  local found = {}
+  for _, name in ipairs(ls(dir)) do
+    if name:find(".part-", 1, true) then found[#found + 1] = name end
+  end
+  return found
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- What the server sends for /bytes/N.
+local function pattern_bytes(n)
+  local chunk = ("0123456789abcdef"):rep(64)
+  return (chunk:rep(n // 1024 + 1)):sub(1, n)
+end
+
+-- Performs until nothing is in flight or waiting; returns the delivered {result, context}.
+local function drain(engine, limit)
+  local out = {}
+  local deadline = core.now() + (limit or 10) * SLOW
+  while true do
+    engine:perform(0.05)
+    while true do
+      local res, ctx = engine:next_done()
+      if not res then break end
+      out[#out + 1] = { res, ctx }
+    end
+    local active, waiting = engine:pending()
+    if active == 0 and waiting == 0 then break end
+    assert(core.now() < deadline, "transfers did not finish in time")
+  end
+  return out
+end
+
+-- One request to completion: result, context.
+local function fetch(engine, opts)
+  local req, err = engine:request(opts)
+  assert(req, err)
+  local got = drain(engine)
+  assert(#got == 1, "expected one result, got " .. #got)
+  return got[1][1], got[1][2]
+end
+
+-- Performs until fn() is true (or fails after a while).
+local function perform_until(engine, fn)
+  local deadline = core.now() + 10 * SLOW
+  while not fn() do
+    engine:perform(0.01)
+    assert(core.now() < deadline, "condition not reached in time")
+  end
+end
+-- }=====================================================================
+
+describe("dh3.core", function()
+  local server, tmpdir
+
+  lazy_setup(function()
+    server = start_server()
+    tmpdir = make_tmpdir()
+  end)
+
+  lazy_teardown(function()
+    if server then server:stop() end
+    if tmpdir then os.execute("rm -rf " .. shell_quote(tmpdir)) end
+  end)
+
+  describe("module", function()
+    it("has VERSION and curl_version", function()
+      assert.are.equal("0.1.0", core.VERSION)
+      assert.matches("^libcurl/7%.", core.curl_version)
+    end)
+
+    it("now() is a monotonic float", function()
+      local a = core.now()
+      local b = core.now()
+      assert.are.equal("float", math.type(a))
+      assert.is_true(b >= a)
+    end)
+
+    it("parse_http_date() returns epoch seconds or nil", function()
+      assert.are.equal(784111777, core.parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"))
+      assert.are.equal("integer", math.type(core.parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT")))
+      assert.is_nil(core.parse_http_date("not a date"))
+    end)
+
+    it("loads again in the same state with a private cjson of its own", function()
+      local cjson = require "cjson"
+      local depth_before = cjson.decode_max_depth()
+      package.loaded["dh3.core"] = nil
+      local again = require "dh3.core"
+      package.loaded["dh3.core"] = core
+      assert.are_not.equal(core, again)
+      assert.are.same({ a = 1 }, again.json_decode('{"a":1}'))
+      assert.are.same({ a = 1 }, core.json_decode('{"a":1}'))
+      assert.are.equal(depth_before, cjson.decode_max_depth())
+      local e = again.engine()
+      assert.are.equal("dh3.engine", getmetatable(e).__name)
+      e:close()
+    end)
+  end)
+
+  describe("json_decode()", function()
+    local deep = ("["):rep(65) .. ("]"):rep(65)
+    local ok_deep = ("["):rep(64) .. ("]"):rep(64)
+    local rows = {
+      { "an object", '{"a":"x","b":true}', { a = "x", b = true } },
+      { "integers as integers", '{"w":1024,"n":-3,"z":0}', { w = 1024, n = -3, z = 0 } },
+      { "floats stay floats", '{"f":2.5,"g":-0.125}', { f = 2.5, g = -0.125 } },
+      { "an exact float becomes an integer", '{"x":5.0,"e":1e3}', { x = 5, e = 1000 } },
+      { "2^53 becomes an integer", '[9007199254740992]', { 9007199254740992 } },
+      { "beyond 2^53 stays a float", '[18014398509481984]', { 18014398509481984.0 } },
+      { "null in an object drops the key", '{"a":null,"b":1}', { b = 1 } },
+      { "null in an array leaves a hole", '[1,null,3]', { [1] = 1, [3] = 3 } },
+      { "nested", '{"o":{"p":[{"q":null,"r":2}]}}', { o = { p = { { r = 2 } } } } },
+      { "numbers as strings stay strings", '{"file_size":"2456789"}', { file_size = "2456789" } },
+      { "top-level string", '"hello"', "hello" },
+      { "top-level integer", '42', 42 },
+      { "top-level float", '4.5', 4.5 },
+      { "top-level boolean", 'false', false },
+      { "depth 64", ok_deep, "table" },
+    }
+    for _, row in ipairs(rows) do
+      local name, input, expected = row[1], row[2], row[3]
+      it(name, function()
+        local got, err = core.json_decode(input)
+        assert.is_nil(err)
+        if expected == "table" then
+          assert.are.equal("table", type(got))
+        else
+          assert.are.same(expected, got)
+          if math.type(expected) then assert.are.equal(math.type(expected), math.type(got)) end
+          if type(expected) == "table" then
+            for k, v in pairs(expected) do
+              if math.type(v) then assert.are.equal(math.type(v), math.type(got[k]), k) end
+            end
+          end
+        end
+      end)
+    end
+
+    it("keeps integer types inside nested tables", function()
+      local t = core.json_decode('{"images":[{"width":1024,"height":768.0,"ratio":1.5}]}')
+      assert.are.equal("integer", math.type(t.images[1].width))
+      assert.are.equal("integer", math.type(t.images[1].height))
+      assert.are.equal("float", math.type(t.images[1].ratio))
+    end)
+
+    local refused = {
+      { "a NUL byte", '{"a":1}\0garbage', "NUL" },
+      { "too deep", deep, "" },
+      { "malformed", '{"a":', "" },
+      { "empty", "", "" },
+      { "NaN", '[NaN]', "" },
+      { "hex numbers", '[0x10]', "" },
+      { "a top-level null", "null", "null" },
+    }
+    for _, row in ipairs(refused) do
+      it("refuses " .. row[1], function()
+        local got, err = core.json_decode(row[2])
+        assert.is_nil(got)
+        assert.are.equal("string", type(err))
+        assert.matches(row[3], err, 1, true)
+      end)
+    end
+
+    it("refuses a text over max_bytes before decoding", function()
+      local got, err = core.json_decode('{"a":"' .. ("x"):rep(100) .. '"}', 50)
+      assert.is_nil(got)
+      assert.matches("too large", err)
+      assert.are.same({ a = 1 }, core.json_decode('{"a":1}', 7))
+    end)
+
+    it("refuses over 4 MiB by default", function()
+      local big = '"' .. ("x"):rep(4 * 1024 * 1024) .. '"'
+      local got, err = core.json_decode(big)
+      assert.is_nil(got)
+      assert.matches("too large", err)
+    end)
+
+    it("raises on a wrong argument type", function()
+      assert.has_error(function() core.json_decode({}) end)
+      assert.has_error(function() core.json_decode("1", -1) end)
+    end)
+  end)
+
+  describe("json_encode()", function()
+    it("encodes tables that decode back the same", function()
+      local v = { model = "nano-banana-pro", input = { prompt = "a cat", image_urls = { "u1", "u2" } }, n = 3 }
+      local s = assert(core.json_encode(v))
+      assert.are.same(v, core.json_decode(s))
+    end)
+
+    it("encodes scalars", function()
+      assert.are.equal('"x"', core.json_encode("x"))
+      assert.are.equal("true", core.json_encode(true))
+    end)
+
+    local refused = {
+      { "NaN", { 0 / 0 } },
+      { "infinity", { math.huge } },
+      { "a function", { f = print } },
+      { "too deep", (function()
+          local t = {}
+          local cur = t
+          for _ = 1, 70 do cur[1] = {} cur = cur[1] end
+          return t
+        end)() },
+    }
+    for _, row in ipairs(refused) do
+      it("returns nil, msg for " .. row[1], function()
+        local s, err = core.json_encode(row[2])
+        assert.is_nil(s)
+        assert.are.equal("string", type(err))
+      end)
+    end
+  end)
+
+  describe("dh3.engine", function()
+    it("is created with defaults or options and says what it is", function()
+      local e = core.engine()
+      assert.matches("^dh3%.engine %(.*0 in flight, 0 done%)$", tostring(e))
+      e:close()
+      assert.matches("closed", tostring(e))
+      local e2 = core.engine{ user_agent = "spec/1", max_body = 1000, max_connections = 4 }
+      local res = fetch(e2, { url = server.url .. "/echo" })
+      assert.are.equal("spec/1", core.json_decode(res.body).headers["user-agent"])
+      e2:close()
+    end)
+
+    it("sends a default user agent naming dh3", function()
+      local e = core.engine()
+      local res = fetch(e, { url = server.url .. "/echo" })
+      assert.matches("^dh3%-lua/0%.1%.0 libcurl/", core.json_decode(res.body).headers["user-agent"])
+      e:close()
+    end)
+
+    it("raises on a misspelt option, naming it", function()
+      assert.has_error(function() core.engine{ max_conections = 4 } end,
+        "bad argument #1 to 'engine' (unknown field 'max_conections')")
+      assert.has_error(function() core.engine{ max_body = "big" } end)
+      assert.has_error(function() core.engine{ max_body = 0 } end)
+      assert.has_error(function() core.engine{ proxy = 1 } end)
+      assert.has_error(function() core.engine("x") end)
+    end)
+
+    it("raises from every method once closed; close is idempotent", function()
+      local e = core.engine()
+      e:close()
+      e:close()
+      for _, call in ipairs{
+        function() e:perform(0) end,
+        function() e:next_done() end,
+        function() e:pending() end,
+        function() e:request{ url = server.url } end,
+      } do
+        assert.has_error(call, "dh3.engine: attempt to use a closed engine")
+      end
+    end)
+
+    it("closes at the end of a <close> scope", function()
+      local req
+      do
+        local e <close> = core.engine()
+        req = assert(e:request{ url = server.url .. "/slow/2000" })
+        e:perform(0)
+      end
+      assert.are.equal("cancelled", req:state())
+    end)
+
+    describe("request()", function()
+      local e
+      before_each(function() e = core.engine() end)
+      after_each(function() e:close() end)
+
+      it("raises on a misspelt option, naming it", function()
+        assert.has_error(function() e:request{ url = server.url, metod = "GET" } end,
+          "bad argument #1 to 'request' (unknown field 'metod')")
+        assert.are.same({ 0, 0 }, { e:pending() })
+      end)
+
+      local bad = {
+        { "no url", {}, "field 'url' is required" },
+        { "a url of the wrong type", { url = 5 }, "field 'url' must be a string" },
+        { "an unknown method", { url = "http://x/", method = "PUT" }, "field 'method'" },
+        { "a body without POST", { url = "http://x/", body = "{}" }, "field 'body' needs method POST" },
+        { "headers that are not strings", { url = "http://x/", headers = { 1 } }, "field 'headers'" },
+        { "a header with CR LF", { url = "http://x/", headers = { "A: b\r\nC: d" } }, "CR or LF" },
+        { "a negative timeout", { url = "http://x/", timeout = -1 }, "field 'timeout'" },
+        { "a zero connect_timeout", { url = "http://x/", connect_timeout = 0 }, "field 'connect_timeout'" },
+        { "a string follow_redirects", { url = "http://x/", follow_redirects = "yes" }, "field 'follow_redirects'" },
+        { "a float expect_size", { url = "http://x/", expect_size = 1.5 }, "field 'expect_size'" },
+        { "a zero max_body", { url = "http://x/", max_body = 0 }, "field 'max_body'" },
+        { "a HEAD download", { url = "http://x/", method = "HEAD", download_to = "/tmp/x" }, "field 'download_to'" },
+        { "a url with a NUL byte", { url = "http://x/\0y" }, "NUL" },
+      }
+      for _, row in ipairs(bad) do
+        it("raises on " .. row[1], function()
+          local ok, err = pcall(e.request, e, row[2])
+          assert.is_false(ok)
+          assert.matches(row[3], err, 1, true)
+          assert.are.same({ 0, 0 }, { e:pending() })
+        end)
+      end
+
+      it("returns nil, errmsg when the temp file cannot be created", function()
+        local req, err = e:request{ url = server.url .. "/bytes/10", download_to = tmpdir .. "/missing/dir/x.bin" }
+        assert.is_nil(req)
+        assert.matches("cannot create a temporary file", err)
+        assert.are.same({ 0, 0 }, { e:pending() })
+      end)
+
+      it("says what it is", function()
+        local req = assert(e:request{ url = server.url .. "/bytes/1" })
+        assert.matches("^dh3%.request %(.*GET, active%)$", tostring(req))
+        assert.are.equal("active", req:state())
+        drain(e)
+        assert.are.equal("delivered", req:state())
+      end)
+    end)
+
+    describe("perform() and next_done()", function()
+      local e
+      before_each(function() e = core.engine() end)
+      after_each(function() e:close() end)
+
+      it("makes a round trip and hands back the context", function()
+        local ctx = { id = 7 }
+        local req = assert(e:request{
+          method = "POST", url = server.url .. "/echo", body = '{"a":1}',
+          headers = { "Content-Type: application/json", "X-Test: yes" },
+          timeout = 5, connect_timeout = 2, context = ctx,
+        })
+        local got = drain(e)
+        assert.are.equal(1, #got)
+        local res, c = got[1][1], got[1][2]
+        assert.are.equal(ctx, c)
+        assert.are.equal(req, res.request)
+        assert.is_true(res.ok)
+        assert.are.equal(200, res.status)
+        assert.are.equal("integer", math.type(res.status))
+        assert.are.equal(0, res.curl_code)
+        assert.are.equal("OK", res.curl_error)
+        assert.is_nil(res.message)
+        assert.are.equal("1.1", res.http_version)
+        assert.are.equal("text/plain", res.headers.content_type)
+        assert.are.equal(tostring(#res.body), res.headers.content_length)
+        assert.are.equal(#res.body, res.bytes)
+        assert.is_true(res.time > 0 and res.time >= res.time_starttransfer and res.time_starttransfer >= res.time_connect)
+        assert.is_true(res.request_size > 0)
+        assert.are.equal(1, res.connects)
+        assert.is_false(res.too_large)
+        assert.is_false(res.size_mismatch)
+        assert.is_nil(res.path)
+        local echo = core.json_decode(res.body)
+        assert.are.equal("POST", echo.method)
+        assert.are.equal('{"a":1}', echo.body)
+        assert.are.equal("yes", echo.headers["x-test"])
+        assert.are.equal("application/json", echo.headers["content-type"])
+        assert.is_nil(echo.headers["expect"])
+        assert.is_nil(e:next_done())
+        assert.are.same({ 0, 0 }, { e:pending() })
+      end)
+
+      it("sends HEAD without a body and GET by default", function()
+        local res = fetch(e, { url = server.url .. "/bytes/100", method = "HEAD" })
+        assert.are.equal(200, res.status)
+        assert.are.equal("100", res.headers.content_length)
+        assert.are.equal("", res.body)
+        local res2 = fetch(e, { url = server.url .. "/echo" })
+        assert.are.equal("GET", core.json_decode(res2.body).method)
+      end)
+
+      it("delivers many concurrent transfers, each with its own context", function()
+        for i = 1, 20 do
+          assert(e:request{ url = server.url .. "/bytes/" .. (i * 100), context = i })
+        end
+        assert.are.same({ 20, 0 }, { e:pending() })
+        local got = drain(e)
+        assert.are.equal(20, #got)
+        local seen = {}
+        for _, pair in ipairs(got) do
+          local res, i = pair[1], pair[2]
+          assert.is_true(res.ok)
+          assert.are.equal(i * 100, #res.body)
+          assert.are.equal(pattern_bytes(i * 100), res.body)
+          seen[i] = true
+        end
+        for i = 1, 20 do assert.is_true(seen[i]) end
+      end)
+
+      it("perform(0) returns promptly while the server is slow", function()
+        assert(e:request{ url = server.url .. "/slow/1000" })
+        for _ = 1, 5 do
+          local t0 = core.now()
+          assert.are.equal(1, e:perform(0))
+          assert.is_true(core.now() - t0 < 0.05 * SLOW, "perform(0) took too long")
+        end
+        assert.is_nil(e:next_done())
+      end)
+
+      it("perform(t) never blocks longer than t while a transfer is slow", function()
+        assert(e:request{ url = server.url .. "/slow/2000" })
+        local t0 = core.now()
+        assert.are.equal(1, e:perform(0.2))
+        local dt = core.now() - t0
+        assert.is_true(dt >= 0.15, "returned too early: " .. dt)
+        assert.is_true(dt < 0.2 + 0.05 * SLOW, "blocked too long: " .. dt)
+      end)
+
+      it("perform(t) with nothing to do sleeps about t", function()
+        local t0 = core.now()
+        assert.are.equal(0, e:perform(0.1))
+        local dt = core.now() - t0
+        assert.is_true(dt >= 0.09, "returned too early: " .. dt)
+        assert.is_true(dt < 0.1 + 0.05 * SLOW, "slept too long: " .. dt)
+        t0 = core.now()
+        e:perform(0)
+        assert.is_true(core.now() - t0 < 0.01 * SLOW)
+      end)
+
+      it("perform(t) returns as soon as a transfer finishes", function()
+        assert(e:request{ url = server.url .. "/slow/100" })
+        local t0 = core.now()
+        local deadline = t0 + 5 * SLOW
+        while e:pending() == 1 and core.now() < deadline do e:perform(3) end
+        assert.is_true(core.now() - t0 < 1.5 * SLOW)
+        assert.is_truthy(e:next_done())
+      end)
+
+      it("reuses the connection for a second request to the same server", function()
+        local first = fetch(e, { url = server.url .. "/bytes/10" })
+        local second = fetch(e, { url = server.url .. "/bytes/10" })
+        assert.are.equal(1, first.connects)
+        assert.are.equal(0, second.connects)
+      end)
+
+      it("reports COULDNT_CONNECT on a closed port, with nothing sent", function()
+        local res = fetch(e, { url = "http://127.0.0.1:" .. closed_port() .. "/", connect_timeout = 2 })
+        assert.is_false(res.ok)
+        assert.are.equal("COULDNT_CONNECT", res.curl_error)
+        assert.are.equal(7, res.curl_code)
+        assert.are.equal(0, res.request_size)
+        assert.are.equal(0, res.status)
+        assert.is_nil(res.body)
+        assert.matches("connect", res.message)
+      end)
+
+      it("reports OPERATION_TIMEDOUT", function()
+        local t0 = core.now()
+        local res = fetch(e, { url = server.url .. "/slow/3000", timeout = 0.3 })
+        assert.is_true(core.now() - t0 < 2 * SLOW)
+        assert.is_false(res.ok)
+        assert.are.equal("OPERATION_TIMEDOUT", res.curl_error)
+        assert.is_true(res.request_size > 0)
+      end)
+
+      it("reports a reset connection", function()
+        local res = fetch(e, { url = server.url .. "/reset" })
+        assert.is_false(res.ok)
+        assert.is_truthy(({ RECV_ERROR = true, GOT_NOTHING = true })[res.curl_error], res.curl_error)
+      end)
+
+      it("refuses an unsupported protocol", function()
+        local res = fetch(e, { url = "file:///etc/passwd" })
+        assert.is_false(res.ok)
+        assert.are.equal("UNSUPPORTED_PROTOCOL", res.curl_error)
+        assert.is_nil(res.body)
+      end)
+
+      it("aborts a body over max_body with too_large", function()
+        local res = fetch(e, { url = server.url .. "/bytes/100000", max_body = 1000 })
+        assert.is_false(res.ok)
+        assert.is_true(res.too_large)
+        assert.is_nil(res.body)
+        assert.matches("larger than the limit of 1000 bytes", res.message)
+        local e2 = core.engine{ max_body = 500 }
+        local res2 = fetch(e2, { url = server.url .. "/bytes/501" })
+        assert.is_true(res2.too_large)
+        e2:close()
+      end)
+
+      it("applies expect_size to a memory body", function()
+        local more = fetch(e, { url = server.url .. "/bytes/2000", expect_size = 1000 })
+        assert.is_true(more.too_large)
+        assert.is_false(more.ok)
+        local fewer = fetch(e, { url = server.url .. "/bytes/900", expect_size = 1000 })
+        assert.is_true(fewer.size_mismatch)
+        assert.is_false(fewer.ok)
+        local exact = fetch(e, { url = server.url .. "/bytes/1000", expect_size = 1000 })
+        assert.is_true(exact.ok)
+      end)
+
+      it("keeps the status, body and Retry-After of an error answer", function()
+        local res = fetch(e, { url = server.url .. "/status/429?retry_after=7" })
+        assert.is_true(res.ok) -- the transfer worked; the Lua layer judges the status
+        assert.are.equal(429, res.status)
+        assert.are.equal("status 429", res.body)
+        assert.are.equal("7", res.headers.retry_after)
+      end)
+
+      it("follows redirects only when asked, and at most 5", function()
+        local no = fetch(e, { url = server.url .. "/redirect" })
+        assert.are.equal(302, no.status)
+        assert.are.equal("moved", no.body)
+        local yes = fetch(e, { url = server.url .. "/redirect", follow_redirects = true })
+        assert.are.equal(200, yes.status)
+        assert.are.equal(pattern_bytes(10), yes.body)
+        assert.are.equal("application/octet-stream", yes.headers.content_type)
+        local loop = fetch(e, { url = server.url .. "/loop", follow_redirects = true })
+        assert.are.equal("TOO_MANY_REDIRECTS", loop.curl_error)
+      end)
+
+      it("aborts when the response headers pass 16 KiB", function()
+        local fine = fetch(e, { url = server.url .. "/headers/10" })
+        assert.is_true(fine.ok)
+        local res = fetch(e, { url = server.url .. "/headers/200" })
+        assert.is_false(res.ok)
+        assert.is_true(res.too_large)
+        assert.matches("headers", res.message)
+      end)
+
+      it("reports progress with the Content-Length as total", function()
+        local req = assert(e:request{ url = server.url .. "/drip/20480/20" })
+        assert.are.same({ 0 }, { req:progress() })
+        perform_until(e, function() return req:progress() > 0 end)
+        local got, total = req:progress()
+        assert.is_true(got > 0 and got < 20480)
+        assert.are.equal(20480, total)
+        drain(e)
+        assert.are.same({ 20480, 20480 }, { req:progress() })
+        local req2 = assert(e:request{ url = server.url .. "/nolength/100", expect_size = 100 })
+        drain(e)
+        assert.are.same({ 100, 100 }, { req2:progress() })
+      end)
+    end)
+
+    describe("downloads", function()
+      local e
+      before_each(function() e = core.engine() end)
+      after_each(function()
+        e:close()
+        assert.are.same({}, temp_files(tmpdir))
+      end)
+
+      it("stream to a temp file beside the destination, then rename it", function()
+        local dest = tmpdir .. "/ok.bin"
+        local req = assert(e:request{ url = server.url .. "/drip/50000/5", download_to = dest, expect_size = 50000 })
+        perform_until(e, function() return req:progress() > 0 end)
+        assert.are.equal(1, #temp_files(tmpdir))
+        assert.is_nil(read_file(dest))
+        local got = drain(e)
+        assert.are.equal(1, #got)
+        assert.is_true(got[1][1].ok)
+        assert.are.equal(dest, got[1][1].path)
+        assert.are.equal("delivered", req:state())
+        assert.are.equal(pattern_bytes(50000), read_file(dest))
+        os.remove(dest)
+      end)
+
+      it("delivers a finished download with its path, size right, no temp left", function()
+        local dest = tmpdir .. "/image.png"
+        local res = fetch(e, { url = server.url .. "/bytes/30000", download_to = dest, expect_size = 30000 })
+        assert.is_true(res.ok)
+        assert.are.equal(dest, res.path)
+        assert.are.equal(30000, res.bytes)
+        assert.is_nil(res.body)
+        assert.are.equal(pattern_bytes(30000), read_file(dest))
+        assert.are.same({}, temp_files(tmpdir))
+        os.remove(dest)
+      end)
+
+      it("leaves the destination untouched on a 404, with the body available", function()
+        local dest = tmpdir .. "/keep.png"
+        write_file(dest, "original")
+        local res = fetch(e, { url = server.url .. "/status/404", download_to = dest })
+        assert.is_false(res.ok)
+        assert.are.equal(404, res.status)
+        assert.are.equal("status 404", res.body)
+        assert.is_nil(res.path)
+        assert.matches("404", res.message)
+        assert.are.equal("original", read_file(dest))
+        os.remove(dest)
+      end)
+
+      it("fails on fewer bytes than expect_size", function()
+        local dest = tmpdir .. "/short.bin"
+        local res = fetch(e, { url = server.url .. "/bytes/5000", download_to = dest, expect_size = 6000 })
+        assert.is_false(res.ok)
+        assert.is_true(res.size_mismatch)
+        assert.are.equal(0, res.curl_code)
+        assert.matches("received 5000 bytes, expected 6000", res.message)
+        assert.is_nil(read_file(dest))
+      end)
+
+      it("aborts as soon as more bytes than expect_size arrive", function()
+        local dest = tmpdir .. "/long.bin"
+        local res = fetch(e, { url = server.url .. "/bytes/50000", download_to = dest, expect_size = 4000 })
+        assert.is_false(res.ok)
+        assert.is_true(res.too_large)
+        assert.is_true(res.bytes <= 4000)
+        assert.is_nil(read_file(dest))
+      end)
+
+      it("fails when the connection ends before Content-Length", function()
+        local dest = tmpdir .. "/partial.bin"
+        local res = fetch(e, { url = server.url .. "/bytes/5000?cl=6000", download_to = dest })
+        assert.is_false(res.ok)
+        assert.are.equal("PARTIAL_FILE", res.curl_error)
+        assert.is_nil(read_file(dest))
+      end)
+
+      it("fails when Content-Length disagrees with expect_size", function()
+        local dest = tmpdir .. "/cl.bin"
+        local res = fetch(e, { url = server.url .. "/bytes/5000?cl=4000", download_to = dest, expect_size = 5000 })
+        assert.is_false(res.ok)
+        assert.is_true(res.size_mismatch)
+        assert.is_nil(read_file(dest))
+      end)
+
+      it("reports a destination it cannot rename to", function()
+        local dest = tmpdir .. "/adir"
+        os.execute("mkdir " .. shell_quote(dest) .. " && touch " .. shell_quote(dest .. "/x"))
+        local res = fetch(e, { url = server.url .. "/bytes/10", download_to = dest })
+        assert.is_false(res.ok)
+        assert.are.equal(0, res.curl_code)
+        assert.matches("cannot rename", res.message)
+        os.execute("rm -rf " .. shell_quote(dest))
+      end)
+
+      it("cancel() mid-transfer removes the temp file and never delivers", function()
+        local dest = tmpdir .. "/cancelled.bin"
+        local req = assert(e:request{ url = server.url .. "/drip/200000/10", download_to = dest, context = "c" })
+        perform_until(e, function() return req:progress() > 0 end)
+        assert.are.equal(1, #temp_files(tmpdir))
+        assert.is_true(req:cancel())
+        assert.are.equal("cancelled", req:state())
+        assert.are.same({}, temp_files(tmpdir))
+        assert.are.same({ 0, 0 }, { e:pending() })
+        e:perform(0.1)
+        assert.is_nil(e:next_done())
+        assert.is_false(req:cancel())
+        assert.is_nil(read_file(dest))
+        -- the engine goes on working
+        assert.is_true(fetch(e, { url = server.url .. "/bytes/10" }).ok)
+      end)
+
+      it("cancel() of a finished, undelivered request drops it from the queue", function()
+        local req = assert(e:request{ url = server.url .. "/bytes/10" })
+        perform_until(e, function() return select(2, e:pending()) == 1 end)
+        assert.are.equal("done", req:state())
+        assert.is_true(req:cancel())
+        assert.are.same({ 0, 0 }, { e:pending() })
+        assert.is_nil(e:next_done())
+      end)
+    end)
+
+    describe("close() and lifetimes", function()
+      it("close() with transfers in flight cancels them and removes temp files", function()
+        local e = core.engine()
+        local r1 = assert(e:request{ url = server.url .. "/drip/200000/10", download_to = tmpdir .. "/a.bin" })
+        local r2 = assert(e:request{ url = server.url .. "/slow/2000" })
+        local r3 = assert(e:request{ url = server.url .. "/bytes/10" })
+        perform_until(e, function() return r1:progress() > 0 and r3:state() == "done" end)
+        assert.are.equal(1, #temp_files(tmpdir))
+        e:close()
+        assert.are.equal("cancelled", r1:state())
+        assert.are.equal("cancelled", r2:state())
+        assert.are.equal("cancelled", r3:state())
+        assert.is_false(r1:cancel())
+        assert.are.same({}, temp_files(tmpdir))
+        assert.is_nil(read_file(tmpdir .. "/a.bin"))
+      end)
+
+      it("a dropped engine with transfers in flight is collected and cancels them", function()
+        local weak = setmetatable({}, { __mode = "v" })
+        do
+          local e = core.engine()
+          weak.engine = e
+          weak.req = assert(e:request{ url = server.url .. "/drip/200000/10", download_to = tmpdir .. "/b.bin" })
+          assert(e:request{ url = server.url .. "/slow/2000" })
+          perform_until(e, function() return weak.req:progress() > 0 end)
+          assert.are.equal(1, #temp_files(tmpdir))
+        end
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(weak.engine)
+        assert.is_nil(weak.req)
+        assert.are.same({}, temp_files(tmpdir))
+        assert.is_nil(read_file(tmpdir .. "/b.bin"))
+      end)
+
+      it("a request kept by the caller outlives its dropped engine", function()
+        local req
+        do
+          local e = core.engine()
+          req = assert(e:request{ url = server.url .. "/drip/200000/10", download_to = tmpdir .. "/c.bin" })
+          perform_until(e, function() return req:progress() > 0 end)
+        end
+        collectgarbage()
+        collectgarbage()
+        assert.are.equal("cancelled", req:state())
+        assert.is_false(req:cancel())
+        assert.are.same({}, temp_files(tmpdir))
+      end)
+
+      it("a request dropped by the caller while in flight still completes and is delivered", function()
+        local e = core.engine()
+        local weak = setmetatable({}, { __mode = "v" })
+        weak.req = assert(e:request{ url = server.url .. "/slow/200", context = "mine" })
+        collectgarbage()
+        collectgarbage()
+        assert.is_not_nil(weak.req)
+        local got = drain(e)
+        assert.are.equal(1, #got)
+        assert.are.equal("mine", got[1][2])
+        assert.are.equal("delivered", got[1][1].request:state())
+        assert.are.equal(200, got[1][1].status)
+        got = nil
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(weak.req) -- delivered and dropped: no longer anchored
+        e:close()
+      end)
+
+      it("a request closed with <close> is cancelled and then refuses methods", function()
+        local e = core.engine()
+        local outer
+        do
+          local req <close> = assert(e:request{ url = server.url .. "/slow/2000" })
+          outer = req
+        end
+        assert.are.same({ 0, 0 }, { e:pending() })
+        assert.matches("closed", tostring(outer))
+        assert.has_error(function() outer:state() end, "dh3.request: attempt to use a closed request")
+        assert.has_error(function() outer:cancel() end)
+        e:close()
+      end)
+
+      it("survives lua_close of a state with transfers in flight", function()
+        -- a child Lua: engine and requests finalized in whatever order lua_close picks
+        local script = ([[
+          package.cpath = "./?.so;" .. package.cpath
+          local core = require "dh3.core"
+          local e = core.engine()
+          KEEP = {}
+          for i = 1, 4 do
+            KEEP[i] = e:request{ url = %q, download_to = %q .. i }
+          end
+          e:request{ url = %q }
+          local t = core.now() + 5
+          while KEEP[1]:progress() == 0 and core.now() < t do e:perform(0.01) end
+          print("ok")
+        ]]):format(server.url .. "/drip/200000/10", tmpdir .. "/d", server.url .. "/slow/2000")
+        local p = io.popen("lua5.4 -e " .. shell_quote(script) .. " 2>&1")
+        local out = p:read("a")
+        local ok = p:close()
+        assert.are.equal("ok\n", out)
+        assert.is_true(ok)
+        assert.are.same({}, temp_files(tmpdir))
+      end)
+    end)
+  end)
+end)
