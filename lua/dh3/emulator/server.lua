@@ -23,24 +23,14 @@
 -- so it may also wait with srv.loop:sleep(s). A handler error answers 500 and is passed to on_error.
 local socket = require "socket"
 local looplib = require "dh3.emulator.loop"
+local stream = require "dh3.emulator.stream"
+local http1 = require "dh3.emulator.http1"
 
 local M = {}
 
-M.REASONS = {
-  [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
-  [206] = "Partial Content", [301] = "Moved Permanently", [302] = "Found", [304] = "Not Modified",
-  [400] = "Bad Request", [401] = "Unauthorized", [402] = "Payment Required", [403] = "Forbidden",
-  [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout", [411] = "Length Required",
-  [413] = "Content Too Large", [415] = "Unsupported Media Type", [417] = "Expectation Failed",
-  [422] = "Unprocessable Content", [429] = "Too Many Requests",
-  [431] = "Request Header Fields Too Large", [500] = "Internal Server Error", [501] = "Not Implemented",
-  [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout",
-  [505] = "HTTP Version Not Supported",
-}
+M.REASONS = http1.REASONS
 
-local TOKEN = "^[%w!#%$%%&'%*%+%.%^_`|~%-]+$"
-local READ_CHUNK = 65536
-local LINGER = 1.0 -- seconds spent draining an unread body before closing, so the client sees our answer
+local LINGER = 1.0 -- seconds spent draining an unread body after a refusal (see linger)
 
 --- Percent-decodes s ("+" as space, as in query strings).
 function M.url_decode(s)
@@ -51,7 +41,7 @@ end
 --- Parses a raw query string into a table of decoded name -> value (the first of repeated names).
 function M.parse_query(query)
   local out = {}
-  for pair in (query or ""):gmatch("[^&;]+") do
+  for pair in (query or ""):gmatch("[^&]+") do
     local k, v = pair:match("^([^=]*)=?(.*)$")
     k = M.url_decode(k)
     if out[k] == nil then out[k] = M.url_decode(v) end
@@ -60,7 +50,7 @@ function M.parse_query(query)
 end
 
 local function default_error_body(status, message)
-  return { ["content-type"] = "text/plain; charset=utf-8" },
+  return { ["Content-Type"] = "text/plain; charset=utf-8" },
     ("%d %s: %s\n"):format(status, M.REASONS[status] or "Error", message)
 end
 
@@ -69,11 +59,12 @@ Server.__index = Server
 
 --- opts: handler (required), host ("127.0.0.1"), port (0), loop (a dh3.emulator.loop; a new one
 -- by default), max_body (1 MiB), max_header (16 KiB), idle_timeout (30 s), backlog (1024),
--- error_body(status, message) -> headers, body (how the server's own 4xx look),
+-- error_body(status, message) -> headers, body (how the server's own refusals look),
 -- on_error(message) (default: stderr). Returns the server, or nil, err if it cannot listen.
 function M.new(opts)
   assert(type(opts) == "table" and type(opts.handler) == "function", "server.new: opts.handler required")
-  local loop = opts.loop or looplib.new{ on_error = opts.on_error }
+  local on_error = opts.on_error or function(msg) io.stderr:write("http server: ", msg, "\n") end
+  local loop = opts.loop or looplib.new{ on_error = on_error }
   local lsock, err = socket.bind(opts.host or "127.0.0.1", opts.port or 0, opts.backlog or 1024)
   if not lsock then return nil, err end
   lsock:settimeout(0)
@@ -88,8 +79,8 @@ function M.new(opts)
     max_header = opts.max_header or 16 * 1024,
     idle_timeout = opts.idle_timeout or 30,
     error_body = opts.error_body or default_error_body,
-    on_error = opts.on_error or function(msg) io.stderr:write("http server: ", msg, "\n") end,
-    conns = {},            -- socket -> true, for close()
+    on_error = on_error,
+    streams = {},          -- open connections, for close()
     open = 0, total = 0,   -- connection counters
     closed = false,
   }, Server)
@@ -100,6 +91,7 @@ end
 function Server:port() return self.bound_port end
 function Server:host() return self.bound_host end
 
+--- "http://HOST:PORT" of the listening socket.
 function Server:url()
   local h = self.bound_host
   if h:find(":", 1, true) then h = "[" .. h .. "]" end
@@ -122,277 +114,72 @@ function Server:close()
   self.closed = true
   self.loop:forget(self.lsock)
   self.lsock:close()
-  for sock in pairs(self.conns) do
-    self.loop:forget(sock)
-    sock:close()
-  end
+  for s in pairs(self.streams) do s:close() end
 end
 
 function Server:accept_loop()
   while not self.closed do
-    local ok = self.loop:wait_readable(self.lsock)
-    if not ok then return end
+    if not self.loop:wait_readable(self.lsock) then return end
     while true do
       local sock = self.lsock:accept()
       if not sock then break end
-      sock:settimeout(0)
       sock:setoption("tcp-nodelay", true)
       self.open, self.total = self.open + 1, self.total + 1
-      self.conns[sock] = true
-      self.loop:spawn(self.serve_connection, self, sock)
+      self.loop:spawn(self.serve_connection, self, stream.new(self.loop, sock))
     end
   end
 end
 
--- ---------------------------------------------------------------------------------------------
--- Connection I/O. A Conn keeps unparsed bytes in buf; eof is set once the peer has half-closed.
-
-local Conn = {}
-Conn.__index = Conn
-
--- Reads what is available (waiting until at least one byte or the deadline).
--- Returns true, or nil and "timeout" | "closed" | a socket error.
-function Conn:fill(deadline)
-  if self.eof then return nil, "closed" end
-  local parts = {}
-  while true do
-    local data, err, partial = self.sock:receive(READ_CHUNK)
-    data = data or partial
-    if data and #data > 0 then parts[#parts + 1] = data end
-    if err == "timeout" then
-      if #parts > 0 then break end
-      local ok, werr = self.loop:wait_readable(self.sock, deadline)
-      if not ok then return nil, werr end
-    elseif err then
-      if err == "closed" then self.eof = true else self.error = err end
-      if #parts > 0 then break end
-      return nil, err
-    end
-  end
-  self.buf = self.buf .. table.concat(parts)
-  return true
-end
-
--- Exactly n bytes (from buf, then the socket), or nil, err.
-function Conn:read_exact(n, deadline)
-  if #self.buf >= n then
-    local s = self.buf:sub(1, n)
-    self.buf = self.buf:sub(n + 1)
-    return s
-  end
-  local parts, have = { self.buf }, #self.buf
-  self.buf = ""
-  while have < n do
-    if self.eof then return nil, "closed" end
-    local data, err, partial = self.sock:receive(math.min(n - have, READ_CHUNK))
-    data = data or partial
-    if data and #data > 0 then
-      parts[#parts + 1] = data
-      have = have + #data
-    end
-    if err == "timeout" then
-      if have < n then
-        local ok, werr = self.loop:wait_readable(self.sock, deadline)
-        if not ok then return nil, werr end
-      end
-    elseif err then
-      if err == "closed" then self.eof = true end
-      if have < n then return nil, err end
-    end
-  end
-  return table.concat(parts)
-end
-
--- A line ending in LF (CR stripped), at most limit bytes, or nil, err ("too long" past limit).
-function Conn:read_line(limit, deadline)
-  while true do
-    local i = self.buf:find("\n", 1, true)
-    if i then
-      if i > limit then return nil, "too long" end
-      local line = self.buf:sub(1, i - 1):gsub("\r$", "")
-      self.buf = self.buf:sub(i + 1)
-      return line
-    end
-    if #self.buf > limit then return nil, "too long" end
-    local ok, err = self:fill(deadline)
-    if not ok then return nil, err end
-  end
-end
-
-function Conn:send_all(data, deadline)
-  local i, n = 1, #data
-  while i <= n do
-    local last, err, partial = self.sock:send(data, i)
-    if last then
-      i = last + 1
-    elseif err == "timeout" then
-      i = partial + 1
-      if i <= n then
-        local ok, werr = self.loop:wait_writable(self.sock, deadline)
-        if not ok then return nil, werr end
-      end
-    else
-      return nil, err
-    end
-  end
-  return true
-end
-
--- ---------------------------------------------------------------------------------------------
--- Request parsing. Each failure carries the status to answer with; all of them close the
--- connection, since after a framing error the next request's start is unknown.
-
-local function fail(status, message)
-  return nil, { status = status, message = message }
-end
-
--- Reads the request line and headers. Returns req, or nil, problem ({status, message}) or
--- nil, nil when the peer went away or idled out before sending anything.
-function Server:read_head(conn, deadline)
-  -- wait for the head's end (a blank line), skipping blank lines that precede a request
-  local stop
-  while true do
-    conn.buf = conn.buf:gsub("^[\r\n]+", "")
-    local _, e = conn.buf:find("\r?\n\r?\n")
-    if e then
-      stop = e
-      break
-    end
-    if #conn.buf > self.max_header then return fail(431, "request head too large") end
-    local ok, err = conn:fill(deadline)
-    if not ok then
-      if #conn.buf > 0 and err == "timeout" then return fail(408, "request head incomplete") end
-      if #conn.buf > 0 and err == "closed" then return fail(400, "request head incomplete") end
-      return nil, nil
-    end
-  end
-  if stop > self.max_header then return fail(431, "request head too large") end
-  local head = conn.buf:sub(1, stop)
-  conn.buf = conn.buf:sub(stop + 1)
-
-  local lines = {}
-  for line in head:gmatch("([^\n]*)\n") do lines[#lines + 1] = line:gsub("\r$", "") end
+-- Reads one request. Returns req; or nil, problem (answer it, then close); or nil (close quietly:
+-- the peer left or idled out between requests).
+function Server:read_request(conn, deadline)
+  local lines, problem = http1.read_head(conn, self.max_header, deadline)
+  if not lines then return nil, problem end
   local method, target, major, minor = lines[1]:match("^(%S+) (%S+) HTTP/(%d)%.(%d)$")
-  if not method or not method:match(TOKEN) then return fail(400, "malformed request line") end
-  if major ~= "1" then return fail(505, "only HTTP/1.x is served") end
-
-  local headers = {}
-  for i = 2, #lines do
-    local line = lines[i]
-    if line ~= "" then
-      local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
-      if not name or not name:match(TOKEN) or value:find("[%z\r\n]") then
-        return fail(400, "malformed header line")
-      end
-      name = name:lower()
-      local old = headers[name]
-      if old == nil then
-        headers[name] = value
-      elseif name == "content-length" then
-        if old ~= value then return fail(400, "conflicting Content-Length") end
-      else
-        headers[name] = old .. ", " .. value
-      end
-    end
+  if not method or not method:match(http1.TOKEN) then
+    return http1.problem(400, "malformed request line")
   end
+  if major ~= "1" then return http1.problem(505, "only HTTP/1.x is served") end
+  local headers, hproblem = http1.parse_headers(lines, 2)
+  if not headers then return nil, hproblem end
 
-  -- absolute-form targets (as sent to proxies) are accepted for the same path
-  local path_query = target:match("^[Hh][Tt][Tt][Pp][Ss]?://[^/]*(/.*)$") or target
-  if target:match("^[Hh][Tt][Tt][Pp][Ss]?://[^/]*$") then path_query = "/" end
+  -- absolute-form targets (as sent to proxies) name the same path
+  local path_query = target
+  local authority_rest = target:match("^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*(.*)$")
+  if authority_rest then path_query = authority_rest ~= "" and authority_rest or "/" end
   local path, query = path_query:match("^([^?#]*)%??([^#]*)")
   if path:sub(1, 1) ~= "/" and not (method == "OPTIONS" and target == "*") then
-    return fail(400, "malformed request target")
+    return http1.problem(400, "malformed request target")
   end
   local ip, port = conn.sock:getpeername()
-  return {
+  local req = {
     method = method, target = target, path = path, query = query ~= "" and query or nil,
     version = major .. "." .. minor, headers = headers, peer = ip and (ip .. ":" .. tostring(port)),
   }
-end
 
--- Reads a chunked body into a string, or nil, problem.
-function Server:read_chunked(conn, deadline)
-  local parts, total = {}, 0
-  while true do
-    local line, err = conn:read_line(1024, deadline)
-    if not line then return fail(400, "chunked body: " .. err) end
-    local size = line:match("^(%x+)[ \t]*;?.*$")
-    size = size and #size <= 8 and tonumber(size, 16)
-    if not size then return fail(400, "chunked body: bad chunk size") end
-    if size == 0 then break end
-    total = total + size
-    if total > self.max_body then return fail(413, "request body too large") end
-    local data, rerr = conn:read_exact(size, deadline)
-    if not data then return fail(400, "chunked body: " .. rerr) end
-    parts[#parts + 1] = data
-    local crlf = conn:read_line(2, deadline)
-    if crlf ~= "" then return fail(400, "chunked body: missing CRLF after chunk") end
+  local framing, fproblem = http1.framing(headers, false)
+  if not framing then return nil, fproblem end
+  if framing ~= "chunked" and framing > self.max_body then
+    return http1.problem(413, "request body too large")
   end
-  -- trailer fields, ignored, up to the blank line
-  local trailer = 0
-  while true do
-    local line, err = conn:read_line(self.max_header, deadline)
-    if not line then return fail(400, "chunked body: " .. err) end
-    if line == "" then break end
-    trailer = trailer + #line
-    if trailer > self.max_header then return fail(431, "trailer too large") end
-  end
-  return table.concat(parts)
-end
-
--- Reads the body announced by req's headers into req.body, or returns nil, problem.
-function Server:read_body(conn, req, deadline)
-  local h = req.headers
-  local te, cl = h["transfer-encoding"], h["content-length"]
-  local chunked = false
-  if te then
-    if cl then return fail(400, "both Transfer-Encoding and Content-Length") end
-    local last = te:lower():match("([^,%s]+)%s*$")
-    if last ~= "chunked" then return fail(501, "unsupported Transfer-Encoding") end
-    chunked = true
-  end
-  local length = 0
-  if cl then
-    if not cl:match("^%d+$") or #cl > 15 then return fail(400, "malformed Content-Length") end
-    length = tonumber(cl)
-    if length > self.max_body then return fail(413, "request body too large") end
-  end
-  local expect = h["expect"]
+  local expect = headers["expect"]
   if expect then
-    if expect:lower() ~= "100-continue" then return fail(417, "unsupported Expect") end
-    if (chunked or length > 0) and req.version == "1.1" and #conn.buf == 0 then
-      local ok = conn:send_all("HTTP/1.1 100 Continue\r\n\r\n", deadline)
-      if not ok then return nil, nil end
+    if expect:lower() ~= "100-continue" then return http1.problem(417, "unsupported Expect") end
+    -- the client holds its body back until told to go on (libcurl does for bodies over 1 KiB)
+    if framing ~= 0 and req.version == "1.1" and #conn.buf == 0 then
+      if not conn:send_all("HTTP/1.1 100 Continue\r\n\r\n", deadline) then return nil end
     end
   end
-  if chunked then
-    local body, problem = self:read_chunked(conn, deadline)
-    if not body then return nil, problem end
-    req.body = body
-  elseif length > 0 then
-    local body, err = conn:read_exact(length, deadline)
-    if not body then
-      if err == "timeout" then return fail(408, "request body incomplete") end
-      return nil, nil
-    end
-    req.body = body
-  else
-    req.body = ""
-  end
-  return true
-end
-
--- ---------------------------------------------------------------------------------------------
--- Responses
-
-local function http_date()
-  return os.date("!%a, %d %b %Y %H:%M:%S GMT")
+  local body, bproblem = http1.read_body(conn, framing, self.max_body, self.max_header, deadline)
+  if not body then return nil, bproblem end
+  req.body = body
+  return req
 end
 
 -- Sends a response; returns true if the connection may stay open.
 function Server:write_response(conn, req, status, headers, body, keep_alive)
   body = body or ""
-  local lines = { ("HTTP/1.1 %d %s\r\n"):format(status, M.REASONS[status] or "Unknown") }
+  local fields = {}
   local has_length = false
   for name, value in pairs(headers or {}) do
     local lname = name:lower()
@@ -400,53 +187,45 @@ function Server:write_response(conn, req, status, headers, body, keep_alive)
       if tostring(value):lower():find("close", 1, true) then keep_alive = false end
     else
       if lname == "content-length" then has_length = true end
-      lines[#lines + 1] = ("%s: %s\r\n"):format(name, tostring(value))
+      fields[name] = value
     end
   end
   local bodyless = status < 200 or status == 204 or status == 304
-  if not bodyless and not has_length then
-    lines[#lines + 1] = ("Content-Length: %d\r\n"):format(#body)
-  end
-  lines[#lines + 1] = "Date: " .. http_date() .. "\r\n"
+  if not bodyless and not has_length then fields["Content-Length"] = #body end
+  fields["Date"] = os.date("!%a, %d %b %Y %H:%M:%S GMT")
   if not keep_alive then
-    lines[#lines + 1] = "Connection: close\r\n"
+    fields["Connection"] = "close"
   elseif req and req.version == "1.0" then
-    lines[#lines + 1] = "Connection: keep-alive\r\n"
+    fields["Connection"] = "keep-alive"
   end
-  lines[#lines + 1] = "\r\n"
-  local deadline = self.loop:now() + self.idle_timeout
-  local head = table.concat(lines)
+  local head = http1.format_head(("HTTP/1.1 %d %s"):format(status, M.REASONS[status] or "Unknown"), fields)
   local send_body = not bodyless and #body > 0 and not (req and req.method == "HEAD")
-  -- small bodies go with the head in one send; large ones are sent from the string itself
+  -- a small body goes out with the head in one packet; a large one straight from its string
   if send_body and #body <= 16384 then
     head, send_body = head .. body, false
   end
+  local deadline = self.loop:now() + self.idle_timeout
   if not conn:send_all(head, deadline) then return false end
   if send_body and not conn:send_all(body, deadline) then return false end
   return keep_alive
 end
 
-function Server:answer_problem(conn, req, problem)
-  local headers, body = self.error_body(problem.status, problem.message)
-  self:write_response(conn, req, problem.status, headers, body, false)
-end
-
--- Drains (and discards) what the client still sends for a short while after a refusal, so that
--- closing does not reset the connection before the client has read the answer.
+-- After refusing a request whose body was not read, reads and drops what the client still sends
+-- for a moment before closing: closing with unread data makes the kernel reset the connection,
+-- and the client may lose the answer it has not read yet.
 function Server:linger(conn)
   conn.sock:shutdown("send")
   local deadline = self.loop:now() + LINGER
   local drained = 0
   while drained < 64 * 1024 * 1024 do
     conn.buf = ""
-    local ok = conn:fill(deadline)
-    if not ok then break end
+    if not conn:fill(deadline) then break end
     drained = drained + #conn.buf
   end
 end
 
--- Calls the handler and waits for its answer (which may come later). Returns status, headers,
--- body, or nil to drop the connection.
+-- Calls the handler and waits for its answer, which may come after the handler has returned.
+-- Returns status, headers, body; status nil means drop the connection.
 function Server:dispatch(req)
   local loop = self.loop
   local answer, token
@@ -459,8 +238,7 @@ function Server:dispatch(req)
   local ok, err = pcall(self.handler, req, respond)
   if not ok then
     self.on_error(("handler error on %s %s: %s"):format(req.method, req.path, tostring(err)))
-    local headers, body = self.error_body(500, "internal error")
-    respond(500, headers, body)
+    respond(500, self.error_body(500, "internal error"))
   end
   if not answer then
     token = loop:token()
@@ -469,23 +247,16 @@ function Server:dispatch(req)
   return answer.status, answer.headers, answer.body
 end
 
-function Server:serve_connection(sock)
-  local conn = setmetatable({ sock = sock, buf = "", eof = false, loop = self.loop }, Conn)
+function Server:serve_connection(conn)
+  self.streams[conn] = true
   local ok, err = pcall(function()
     while not self.closed do
       local deadline = self.loop:now() + self.idle_timeout
-      local req, problem = self:read_head(conn, deadline)
+      local req, problem = self:read_request(conn, deadline)
       if not req then
-        if problem then
-          self:answer_problem(conn, nil, problem)
-          if problem.status == 431 then self:linger(conn) end
-        end
-        return
-      end
-      local body_ok, body_problem = self:read_body(conn, req, deadline)
-      if not body_ok then
-        if body_problem then
-          self:answer_problem(conn, req, body_problem)
+        if problem and not self.closed then
+          local headers, body = self.error_body(problem.status, problem.message)
+          self:write_response(conn, nil, problem.status, headers, body, false)
           self:linger(conn)
         end
         return
@@ -497,19 +268,17 @@ function Server:serve_connection(sock)
       else
         keep_alive = connection:find("close", 1, true) == nil
       end
-      -- a half-closed peer gets its answer, then the connection ends
+      -- a half-closed peer still gets its answer; then the connection ends
       if conn.eof and #conn.buf == 0 then keep_alive = false end
       local status, headers, body = self:dispatch(req)
-      if status == nil then return end
-      if self.closed then return end
+      if status == nil or self.closed then return end
       if not self:write_response(conn, req, status, headers, body, keep_alive) then return end
     end
   end)
   if not ok then self.on_error("connection error: " .. tostring(err)) end
-  self.conns[sock] = nil
+  self.streams[conn] = nil
   self.open = self.open - 1
-  self.loop:forget(sock)
-  sock:close()
+  conn:close()
 end
 
 return M

@@ -1,0 +1,155 @@
+-- HTTP/1.1 message framing shared by the server and the client: the head (start line and header
+-- fields) and the body (Content-Length or chunked). Failures carry the status a server would
+-- answer with, as {status = n, message = "..."}.
+local M = {}
+
+M.REASONS = {
+  [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
+  [206] = "Partial Content", [301] = "Moved Permanently", [302] = "Found", [304] = "Not Modified",
+  [400] = "Bad Request", [401] = "Unauthorized", [402] = "Payment Required", [403] = "Forbidden",
+  [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout", [411] = "Length Required",
+  [413] = "Content Too Large", [415] = "Unsupported Media Type", [417] = "Expectation Failed",
+  [422] = "Unprocessable Content", [429] = "Too Many Requests",
+  [431] = "Request Header Fields Too Large", [500] = "Internal Server Error", [501] = "Not Implemented",
+  [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout",
+  [505] = "HTTP Version Not Supported",
+}
+
+M.TOKEN = "^[%w!#%$%%&'%*%+%.%^_`|~%-]+$"
+
+local function problem(status, message)
+  return nil, { status = status, message = message }
+end
+M.problem = problem
+
+--- Reads a message head from stream (a dh3.emulator.stream) up to and including its blank line.
+-- Blank lines before it are skipped (RFC 9112 2.2). Returns an array of lines without line ends;
+-- or nil, problem; or nil, nil, err when nothing at all arrived ("timeout", "closed", ...).
+function M.read_head(stream, max_header, deadline)
+  while true do
+    stream.buf = stream.buf:gsub("^[\r\n]+", "")
+    local _, stop = stream.buf:find("\r?\n\r?\n")
+    if stop then
+      if stop > max_header then return problem(431, "header section too large") end
+      local head = stream.buf:sub(1, stop)
+      stream.buf = stream.buf:sub(stop + 1)
+      local lines = {}
+      for line in head:gmatch("([^\n]*)\n") do lines[#lines + 1] = line:gsub("\r$", "") end
+      lines[#lines] = nil -- the blank line
+      return lines
+    end
+    if #stream.buf > max_header then return problem(431, "header section too large") end
+    local ok, err = stream:fill(deadline)
+    if not ok then
+      if #stream.buf == 0 then return nil, nil, err end
+      if err == "timeout" then return problem(408, "incomplete message head") end
+      return problem(400, "incomplete message head")
+    end
+  end
+end
+
+--- Header fields of lines[first..] as a table of lowercase name -> value (repeated fields joined
+-- with ", "), or nil, problem.
+function M.parse_headers(lines, first)
+  local headers = {}
+  for i = first, #lines do
+    local line = lines[i]
+    -- obsolete line folding (a line starting with space) is refused, as RFC 9112 allows
+    local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
+    if not name or not name:match(M.TOKEN) or value:find("[%z\r\n]") then
+      return problem(400, "malformed header field")
+    end
+    name = name:lower()
+    local old = headers[name]
+    if old == nil then
+      headers[name] = value
+    elseif name == "content-length" then
+      if old ~= value then return problem(400, "conflicting Content-Length") end
+    else
+      headers[name] = old .. ", " .. value
+    end
+  end
+  return headers
+end
+
+--- How the body of a message with these headers is framed: "chunked", a length (integer), or
+-- nil, problem. until_close: what a response without either means (true for responses).
+function M.framing(headers, until_close)
+  local te, cl = headers["transfer-encoding"], headers["content-length"]
+  if te then
+    if cl then return problem(400, "both Transfer-Encoding and Content-Length") end
+    if te:lower():match("([^,%s]+)%s*$") ~= "chunked" then
+      return problem(501, "unsupported Transfer-Encoding")
+    end
+    return "chunked"
+  end
+  if cl then
+    if not cl:match("^%d+$") or #cl > 15 then return problem(400, "malformed Content-Length") end
+    return tonumber(cl)
+  end
+  return until_close and "close" or 0
+end
+
+local function read_chunked(stream, max_body, max_header, deadline)
+  local parts, total = {}, 0
+  while true do
+    local line, err = stream:read_line(1024, deadline)
+    if not line then return problem(err == "timeout" and 408 or 400, "chunked body: " .. err) end
+    local hex = line:match("^(%x+)[ \t]*;?.*$")
+    local size = hex and #hex <= 8 and tonumber(hex, 16)
+    if not size then return problem(400, "chunked body: bad chunk size") end
+    if size == 0 then break end
+    total = total + size
+    if total > max_body then return problem(413, "body too large") end
+    local data, rerr = stream:read_exact(size, deadline)
+    if not data then return problem(rerr == "timeout" and 408 or 400, "chunked body: " .. rerr) end
+    parts[#parts + 1] = data
+    if stream:read_line(0, deadline) ~= "" then
+      return problem(400, "chunked body: no line end after a chunk")
+    end
+  end
+  -- trailer fields are read and ignored, up to the blank line
+  local trailer = 0
+  while true do
+    local line, err = stream:read_line(max_header, deadline)
+    if not line then return problem(400, "chunked body: " .. err) end
+    if line == "" then break end
+    trailer = trailer + #line
+    if trailer > max_header then return problem(431, "trailer section too large") end
+  end
+  return table.concat(parts)
+end
+
+--- Reads a body framed as framing() said. Returns the body (a string), or nil, problem.
+-- Past max_body: a length or chunked body is refused with 413; a body read until close is cut.
+function M.read_body(stream, framing, max_body, max_header, deadline)
+  if framing == "chunked" then
+    return read_chunked(stream, max_body, max_header, deadline)
+  elseif framing == "close" then
+    local body, err = stream:read_to_close(max_body, deadline)
+    if not body then return problem(408, "body: " .. err) end
+    return body
+  elseif framing > max_body then
+    return problem(413, "body too large")
+  elseif framing == 0 then
+    return ""
+  end
+  local body, err = stream:read_exact(framing, deadline)
+  if not body then return problem(err == "timeout" and 408 or 400, "body: " .. err) end
+  return body
+end
+
+--- A response or request head: start line, then fields (a table name -> value), then CRLF.
+function M.format_head(start_line, fields)
+  local out = { start_line, "\r\n" }
+  for name, value in pairs(fields) do
+    out[#out + 1] = name
+    out[#out + 1] = ": "
+    out[#out + 1] = tostring(value)
+    out[#out + 1] = "\r\n"
+  end
+  out[#out + 1] = "\r\n"
+  return table.concat(out)
+end
+
+return M

@@ -1,0 +1,60 @@
+-- What "auto" means for a task: the aspect ratio of its first reference image, when the emulator
+-- can read that image's size; else 1:1 (dh3-api.md makes the emulator deterministic that way).
+--   * the emulator's own /files/ images are known without any request;
+--   * other plain-http URLs whose host is an IP address or localhost are read over the network
+--     (only the first bytes, up to the PNG IHDR or JPEG frame header), without blocking the loop;
+--   * https URLs and host names that would need DNS (which would block the loop) count as
+--     unreadable, and so does any failure or a fetch slower than PROBE_TIMEOUT.
+local contract = require "dh3.contract"
+local images = require "dh3.emulator.images"
+local httpc = require "dh3.emulator.httpc"
+
+local M = {}
+
+M.PROBE_TIMEOUT = 2          -- seconds
+M.PROBE_BYTES = 128 * 1024   -- enough for the frame header behind a typical EXIF block
+
+local LOOPBACK = { localhost = true, ["::1"] = true }
+
+-- The task behind one of this emulator's own image URLs, or nil.
+local function own_task(emu, url)
+  local host, port, path = httpc.parse_url(url)
+  if not host or port ~= emu.server:port() then return nil end
+  local public_host = httpc.parse_url(emu.public_url)
+  if not (LOOPBACK[host:lower()] or host:match("^127%.") or host == emu.server:host() or host == public_host) then
+    return nil
+  end
+  local id = path:match("^/files/(%x+)%.%a+$")
+  return id and emu.tasks:find(id)
+end
+
+--- The ratio for "auto" given the first reference image's URL. Returns it at once when no request
+-- is needed; otherwise returns nil and later calls done(ratio) from a loop coroutine.
+function M.ratio(emu, url, done)
+  local task = own_task(emu, url)
+  if task then
+    if task.width then return contract.nearest_ratio(task.width, task.height) end
+    return "1:1" -- itself an "auto" still being read: not worth waiting for
+  end
+  local host = httpc.parse_url(url)
+  if not host or not httpc.is_literal_host(host) then return "1:1" end
+
+  local result, waiting = nil, false
+  emu.loop:spawn(function()
+    local status, _, body = httpc.request(emu.loop, {
+      url = url, headers = { Range = ("bytes=0-%d"):format(M.PROBE_BYTES - 1) },
+      timeout = M.PROBE_TIMEOUT, max_body = M.PROBE_BYTES,
+    })
+    local found = "1:1"
+    if status == 200 or status == 206 then
+      local format, w, h = images.probe(body)
+      if format and w > 0 and h > 0 then found = contract.nearest_ratio(w, h) end
+    end
+    -- a fetch that failed at once (refused) ends before spawn returns
+    if waiting then done(found) else result = found end
+  end)
+  waiting = result == nil
+  return result
+end
+
+return M
