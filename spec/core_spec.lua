@@ -134,6 +134,11 @@ local function route(c, method, path, query, reqh, body)
     respond(c, 302, "moved", { "Location: /bytes/10" })
     return true
   end
+  if path == "/goto" then
+    respond(c, 302, "elsewhere", { "Location: " .. query.to:gsub("%%(%x%x)", function(h)
+      return string.char(tonumber(h, 16)) end) })
+    return true
+  end
   if path == "/loop" then
     respond(c, 302, "again", { "Location: /loop" })
     return true
@@ -387,6 +392,23 @@ describe("dh3.core", function()
       local e = again.engine()
       assert.are.equal("dh3.engine", getmetatable(e).__name)
       e:close()
+    end)
+  end)
+
+  describe("without lua-cjson", function()
+    it("loads, and its json functions raise a clear error", function()
+      local saved_loaded, saved_preload = package.loaded.cjson, package.preload.cjson
+      package.loaded.cjson = nil
+      package.preload.cjson = function() error("no cjson in this test") end
+      package.loaded["dh3.core"] = nil
+      local ok, mod = pcall(require, "dh3.core")
+      package.loaded["dh3.core"] = core
+      package.loaded.cjson, package.preload.cjson = saved_loaded, saved_preload
+      assert.is_true(ok, mod)
+      assert.has_error(function() mod.json_decode("{}") end)
+      local _, err = pcall(mod.json_encode, {})
+      assert.matches("lua%-cjson is not available %(.*no cjson in this test", err)
+      mod.engine():close()
     end)
   end)
 
@@ -652,6 +674,28 @@ describe("dh3.core", function()
         assert.are.same({ 0, 0 }, { e:pending() })
       end)
 
+      it("sends a binary body exactly", function()
+        local res = fetch(e, { method = "POST", url = server.url .. "/echo", body = "a\0b\255" })
+        assert.are.equal("a\0b\255", core.json_decode(res.body).body)
+        local empty = fetch(e, { method = "POST", url = server.url .. "/echo" })
+        assert.are.equal("", core.json_decode(empty.body).body)
+      end)
+
+      it("allocates nothing when there is nothing to do", function()
+        e:perform(0)
+        collectgarbage()
+        collectgarbage("stop")
+        local before = collectgarbage("count")
+        for _ = 1, 1000 do
+          e:perform(0)
+          e:next_done()
+          e:pending()
+        end
+        local after = collectgarbage("count")
+        collectgarbage("restart")
+        assert.are.equal(before, after)
+      end)
+
       it("sends HEAD without a body and GET by default", function()
         local res = fetch(e, { url = server.url .. "/bytes/100", method = "HEAD" })
         assert.are.equal(200, res.status)
@@ -799,6 +843,17 @@ describe("dh3.core", function()
         assert.are.equal("application/octet-stream", yes.headers.content_type)
         local loop = fetch(e, { url = server.url .. "/loop", follow_redirects = true })
         assert.are.equal("TOO_MANY_REDIRECTS", loop.curl_error)
+      end)
+
+      it("never follows with the Authorization header to another host", function()
+        local auth = { "Authorization: Bearer secret-key" }
+        local same = fetch(e, { url = server.url .. "/goto?to=%2Fecho", headers = auth, follow_redirects = true })
+        assert.are.equal("Bearer secret-key", core.json_decode(same.body).headers.authorization)
+        local other = "http://localhost:" .. server.port .. "/echo"
+        local res = fetch(e, { url = server.url .. "/goto?to=" .. other:gsub("[:/]", function(ch)
+          return ("%%%02X"):format(ch:byte()) end), headers = auth, follow_redirects = true })
+        assert.are.equal(200, res.status)
+        assert.is_nil(core.json_decode(res.body).headers.authorization)
       end)
 
       it("aborts when the response headers pass 16 KiB", function()

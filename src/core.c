@@ -3,8 +3,11 @@
 ** functions (now, parse_http_date), curl_global_init once per process, and the table
 ** of curl error names.
 */
+/* dladdr, RTLD_NODELETE, RTLD_NOLOAD (glibc, musl, the BSDs, macOS): see dh3_core_pin() */
+#define _GNU_SOURCE
 #include "dh3.h"
 
+#include <dlfcn.h>
 #include <string.h>
 #include <time.h>
 
@@ -110,6 +113,25 @@ static int dh3_core_parse_http_date(lua_State *L) {
 }
 
 /*
+** Keeps this module (and with it libcurl) loaded until the process ends. lua_close
+** dlcloses C modules; a host that closes a lua_State and opens another would otherwise
+** unload libcurl with its global state still allocated (leaked for good, and the
+** leak-checkers lose its roots), then load and curl_global_init it again. Pinned, the
+** flag below really means "once per process". Best effort: without dladdr, nothing.
+*/
+static const char dh3_core_pin_anchor = 0; /* any object of ours locates our file */
+
+static void dh3_core_pin(void) {
+#if defined(RTLD_NODELETE) && defined(RTLD_NOLOAD)
+  Dl_info info;
+  if (dladdr(&dh3_core_pin_anchor, &info) != 0 && info.dli_fname != NULL) {
+    /* a reference never given back, and NODELETE: the dlclose of lua_close is a no-op */
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  }
+#endif
+}
+
+/*
 ** curl_global_init once per process, never cleaned up: other lua_States (other
 ** threads of a host engine) may still be using libcurl when one of them closes, and
 ** the process exit reclaims it. Since 7.84 curl_global_init is itself thread-safe and
@@ -119,6 +141,7 @@ static int dh3_core_global_init(void) {
   static volatile int initialized = 0;
   if (!initialized) {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return 0;
+    dh3_core_pin();
     initialized = 1;
   }
   return 1;
