@@ -1000,6 +1000,57 @@ describe("dh3.core", function()
       end)
     end)
 
+    describe("against dh3-emulator", function()
+      local emu, e
+      lazy_setup(function()
+        emu = require("helpers.emulator").start{ "--queue-time", "0", "--process-time", "0.1", "--seed", "7" }
+      end)
+      lazy_teardown(function() if emu then emu:stop() end end)
+      before_each(function() e = core.engine() end)
+      after_each(function() e:close() end)
+
+      it("creates a task, polls it over one connection and downloads its image", function()
+        local headers = { "Authorization: Bearer " .. emu.key, "Content-Type: application/json" }
+        local created = fetch(e, {
+          method = "POST", url = emu.url .. "/api/v1/task/create", headers = headers, timeout = 10,
+          body = assert(core.json_encode{ model = "nano-banana-pro",
+            nano_banana_pro_input = { prompt = "a lighthouse at dawn", aspect_ratio = "4:3" } }),
+        })
+        assert.are.equal(200, created.status)
+        local doc = assert(core.json_decode(created.body))
+        assert.are.equal(200, doc.code)
+        assert.are.equal("integer", math.type(doc.code))
+        local id = doc.task_id
+        local out
+        local deadline = core.now() + 10 * SLOW
+        repeat
+          e:perform(0.05) -- the Lua layer's sleep
+          local res = fetch(e, { url = emu.url .. "/api/v1/task/get?task_id=" .. id, headers = headers })
+          assert.are.equal(200, res.status)
+          assert.are.equal(0, res.connects)
+          out = assert(core.json_decode(res.body)).nano_banana_pro_output
+        until out.status == "success" or out.status == "fail" or core.now() > deadline
+        assert.are.equal("success", out.status)
+        local image = out.images[1]
+        local size = math.tointeger(tonumber(image.file_size))
+        local dest = tmpdir .. "/" .. image.file_name
+        local res = fetch(e, { url = image.url, download_to = dest, expect_size = size, follow_redirects = true })
+        assert.is_true(res.ok, res.message)
+        assert.are.equal(dest, res.path)
+        local data = read_file(dest)
+        assert.are.equal(size, #data)
+        assert.are.equal("\137PNG\r\n\26\n", data:sub(1, 8))
+        assert.are.same({}, temp_files(tmpdir))
+        os.remove(dest)
+      end)
+
+      it("answers a wrong key with 401 and a JSON body", function()
+        local res = fetch(e, { url = emu.url .. "/api/v1/task/get?task_id=x", headers = { "Authorization: Bearer nope" } })
+        assert.are.equal(401, res.status)
+        assert.are.equal(401, assert(core.json_decode(res.body)).code)
+      end)
+    end)
+
     describe("close() and lifetimes", function()
       it("close() with transfers in flight cancels them and removes temp files", function()
         local e = core.engine()

@@ -740,8 +740,9 @@ void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
   dh3_request_set_string(L, "curl_error", dh3_core_error_name(req->code));
   dh3_request_push_message(L, req);
   lua_setfield(L, -2, "message");
-  /* the body of the last response, unless it went to the file or was cut short */
-  if (req->status_seen != 0 && !req->finalized && !req->too_large && !req->oom &&
+  /* the whole body of the last response: not when it went to the file, and not the
+     piece a failed transfer (timeout, reset, over a limit) left behind */
+  if (req->code == CURLE_OK && req->status_seen != 0 && !req->finalized &&
       (req->dest == NULL || !DH3_IS_2XX(req->status_seen))) {
     lua_pushlstring(L, req->body != NULL ? req->body : "", req->body_len);
     lua_setfield(L, -2, "body");
