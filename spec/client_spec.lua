@@ -201,7 +201,6 @@ describe("dh3 against the emulator", function()
     it("polls less often while nothing changes, never past max_interval", function()
       local client <close> = new_client(emu)
       local task = assert(client:create{ prompt = "patience {emu:queue=1.2}" })
-      emu:reset()
       local times = {}
       client.on_request = function(info) times[#times + 1] = core.now() end
       assert(task:wait{ interval = 0.05, max_interval = 0.2 })
@@ -211,83 +210,6 @@ describe("dh3 against the emulator", function()
       for _, g in ipairs(gaps) do assert.is_true(g < 0.3, "capped: " .. g) end
       -- 1.3 s of waiting at a fixed 0.05 s would have taken ~26 polls
       assert.is_true(#times < 15, "polls: " .. #times)
-    end)
-  end)
-
-  describe("task:download()", function()
-    local client, task
-    setup(function()
-      client = new_client(emu)
-      task = assert(client:create{ prompt = "download me", aspect_ratio = "3:4" })
-      assert(task:wait{ interval = 0.02 })
-    end)
-    teardown(function() client:close() end)
-
-    it("saves into a folder a PNG of the announced size and pixels", function()
-      local dir = tmpdir()
-      local paths = assert(task:download(dir))
-      assert.are.equal(1, #paths)
-      local bytes = read_file(paths[1])
-      assert.are.equal(task.images[1].file_size, #bytes)
-      local w, h = png_size(bytes)
-      assert.are.same({ 896, 1200 }, { w, h })
-      assert.are.same({ (paths[1]:match("[^/]+$")) }, listdir(dir))
-      os.execute("rm -rf " .. dir)
-    end)
-
-    it("saves to a file path, and never sends the key to the image host", function()
-      local dir = tmpdir()
-      local paths = assert(task:download(dir .. "/mine.png"))
-      assert.are.same({ dir .. "/mine.png" }, paths)
-      assert.are.same({ "mine.png" }, listdir(dir))
-      assert.are.equal(0, emu:stats().files_with_auth)
-      os.execute("rm -rf " .. dir)
-    end)
-
-    it("leaves the destination untouched and no temporary file when the URL is gone", function()
-      local dir = tmpdir()
-      local dest = dir .. "/keep.png"
-      local f = assert(io.open(dest, "wb")); f:write("old"); f:close()
-      local saved = task.images[1].url
-      task.images[1].url = saved:gsub("[^/]+$", "missing.png")
-      local paths, err = task:download(dest)
-      task.images[1].url = saved
-      assert.is_nil(paths)
-      assert.are.equal("not_found", err.kind)
-      assert.are.equal("old", read_file(dest))
-      assert.are.same({ "keep.png" }, listdir(dir))
-      os.execute("rm -rf " .. dir)
-    end)
-
-    it("refuses a file whose size differs from file_size", function()
-      local dir = tmpdir()
-      local real = task.images[1].file_size
-      task.images[1].file_size = real + 10
-      local paths, err = task:download(dir .. "/x.png")
-      task.images[1].file_size = real
-      assert.is_nil(paths)
-      assert.are.equal("protocol", err.kind)
-      assert.are.same({}, listdir(dir))
-      os.execute("rm -rf " .. dir)
-    end)
-
-    it("says there is nothing to download before success", function()
-      local other = client:task{ prompt = "not yet" }
-      local paths, err = other:download("/tmp")
-      assert.is_nil(paths)
-      assert.are.equal("invalid_request", err.kind)
-    end)
-
-    it("saves a JPEG when asked for jpg", function()
-      local t = assert(client:create{ prompt = "a jpeg", output_format = "jpg" })
-      assert(t:wait{ interval = 0.02 })
-      local dir = tmpdir()
-      local paths = assert(t:download(dir))
-      local bytes = read_file(paths[1])
-      assert.are.equal("\255\216\255", bytes:sub(1, 3))
-      assert.are.equal(t.images[1].file_size, #bytes)
-      assert.matches("%.jpg$", paths[1])
-      os.execute("rm -rf " .. dir)
     end)
   end)
 
@@ -404,6 +326,90 @@ describe("dh3 against the emulator", function()
       assert.is_true(finished)
     end)
   end)
+end)
+
+describe("dh3 downloads", function()
+  describe("task:download()", function()
+    local emu, client, task
+    setup(function()
+      emu = emulator.start{ "--queue-time", "0", "--process-time", "0.05" }
+      client = new_client(emu)
+      task = assert(client:create{ prompt = "download me", aspect_ratio = "3:4" })
+      assert(task:wait{ interval = 0.02 })
+    end)
+    teardown(function()
+      client:close()
+      emu:stop()
+    end)
+
+    it("saves into a folder a PNG of the announced size and pixels", function()
+      local dir = tmpdir()
+      local paths = assert(task:download(dir))
+      assert.are.equal(1, #paths)
+      local bytes = read_file(paths[1])
+      assert.are.equal(task.images[1].file_size, #bytes)
+      local w, h = png_size(bytes)
+      assert.are.same({ 896, 1200 }, { w, h })
+      assert.are.same({ (paths[1]:match("[^/]+$")) }, listdir(dir))
+      os.execute("rm -rf " .. dir)
+    end)
+
+    it("saves to a file path, and never sends the key to the image host", function()
+      local dir = tmpdir()
+      local paths = assert(task:download(dir .. "/mine.png"))
+      assert.are.same({ dir .. "/mine.png" }, paths)
+      assert.are.same({ "mine.png" }, listdir(dir))
+      assert.are.equal(0, emu:stats().files_with_auth)
+      os.execute("rm -rf " .. dir)
+    end)
+
+    it("leaves the destination untouched and no temporary file when the URL is gone", function()
+      local dir = tmpdir()
+      local dest = dir .. "/keep.png"
+      local f = assert(io.open(dest, "wb")); f:write("old"); f:close()
+      local saved = task.images[1].url
+      task.images[1].url = saved:gsub("[^/]+$", "missing.png")
+      local paths, err = task:download(dest)
+      task.images[1].url = saved
+      assert.is_nil(paths)
+      assert.are.equal("not_found", err.kind)
+      assert.are.equal("old", read_file(dest))
+      assert.are.same({ "keep.png" }, listdir(dir))
+      os.execute("rm -rf " .. dir)
+    end)
+
+    it("refuses a file whose size differs from file_size", function()
+      local dir = tmpdir()
+      local real = task.images[1].file_size
+      task.images[1].file_size = real + 10
+      local paths, err = task:download(dir .. "/x.png")
+      task.images[1].file_size = real
+      assert.is_nil(paths)
+      assert.are.equal("protocol", err.kind)
+      assert.are.same({}, listdir(dir))
+      os.execute("rm -rf " .. dir)
+    end)
+
+    it("says there is nothing to download before success", function()
+      local other = client:task{ prompt = "not yet" }
+      local paths, err = other:download("/tmp")
+      assert.is_nil(paths)
+      assert.are.equal("invalid_request", err.kind)
+    end)
+
+    it("saves a JPEG when asked for jpg", function()
+      local t = assert(client:create{ prompt = "a jpeg", output_format = "jpg" })
+      assert(t:wait{ interval = 0.02 })
+      local dir = tmpdir()
+      local paths = assert(t:download(dir))
+      local bytes = read_file(paths[1])
+      assert.are.equal("\255\216\255", bytes:sub(1, 3))
+      assert.are.equal(t.images[1].file_size, #bytes)
+      assert.matches("%.jpg$", paths[1])
+      os.execute("rm -rf " .. dir)
+    end)
+  end)
+
 end)
 
 describe("dh3 under faults", function()
