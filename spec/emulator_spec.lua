@@ -85,6 +85,12 @@ local function parse_png(bytes)
   end
   local pixels, eof = zlib.inflate()(table.concat(idat))
   assert(eof, "zlib stream complete")
+  local stride = 1 + 3 * width
+  for row = 0, height - 1 do
+    local filter = pixels:byte(row * stride + 1)
+    if filter == nil then break end -- short data: the caller's length check says so
+    assert(filter <= 4, "PNG filter type of row " .. row)
+  end
   return width, height, pixels
 end
 
@@ -855,6 +861,25 @@ describe("dh3-emulator", function()
       assert.are.equal(0, emu:stats().faults["5xx"])
     end)
 
+    it("injects the same faults for the same seed", function()
+      local function statuses(e)
+        local list = {}
+        for i = 1, 16 do list[i] = (get(e, ("%032x"):format(i))) end
+        return table.concat(list, ",")
+      end
+      local flags = { "--seed", "7", "--fault-5xx", "0.5" }
+      local a, b = emulator.start(flags), emulator.start(flags)
+      local ok, err = pcall(function()
+        local first = statuses(a)
+        assert.matches("404", first)
+        assert.matches("50[023]", first)
+        assert.are.equal(first, statuses(b))
+      end)
+      a:stop()
+      b:stop()
+      assert(ok, err)
+    end)
+
     it("takes fault rates from the command line too", function()
       local e = emulator.start{ "--fault-5xx", "1" }
       local status, doc = create(e)
@@ -1021,6 +1046,86 @@ describe("dh3-emulator", function()
         assert.are.equal(400, decode(btext).code)
       end
       assert.are.equal(0, decode(select(2, emu:http("GET", "/_emulator/config"))).queue_time)
+    end)
+  end)
+
+  describe("dh3.emulator.server, driven in this process with step()", function()
+    local server = require "dh3.emulator.server"
+
+    -- Sends raw request text and steps srv until one whole response has arrived.
+    local function roundtrip(srv, text, timeout)
+      local client = assert(socket.connect("127.0.0.1", srv:port()))
+      client:send(text)
+      client:settimeout(0)
+      local got, deadline = "", socket.gettime() + (timeout or 3)
+      while socket.gettime() < deadline do
+        srv:step(0.01)
+        local data, err, partial = client:receive(65536)
+        got = got .. (data or partial or "")
+        local head_end = got:find("\r\n\r\n", 1, true)
+        if head_end then
+          local length = tonumber(got:match("[Cc]ontent%-[Ll]ength: (%d+)")) or 0
+          if #got >= head_end + 3 + length then break end
+        end
+        if err == "closed" then break end
+      end
+      client:close()
+      return tonumber(got:match("^HTTP/1%.1 (%d+)")), got:match("\r\n\r\n(.*)$"), got
+    end
+
+    it("serves a handler's answer and reports its port and URL", function()
+      local srv = assert(server.new{ port = 0, handler = function(req, respond)
+        respond(200, { ["Content-Type"] = "text/plain" }, req.method .. " " .. req.path .. " " .. tostring(req.query))
+      end })
+      assert.is_true(srv:port() > 0)
+      assert.are.equal("http://127.0.0.1:" .. srv:port(), srv:url())
+      local status, body = roundtrip(srv, "GET /a/b?c=d HTTP/1.1\r\nHost: x\r\n\r\n")
+      srv:close()
+      assert.are.equal(200, status)
+      assert.are.equal("GET /a/b c=d", body)
+    end)
+
+    it("waits for an answer given after the handler returned", function()
+      local srv
+      srv = assert(server.new{ port = 0, handler = function(_, respond)
+        srv.loop:spawn(function()
+          srv.loop:sleep(0.1)
+          respond(202, nil, "later")
+        end)
+      end })
+      local t0 = socket.gettime()
+      local status, body = roundtrip(srv, "POST /hook HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+      srv:close()
+      assert.are.equal(202, status)
+      assert.are.equal("later", body)
+      assert.is_true(socket.gettime() - t0 >= 0.1)
+    end)
+
+    it("answers 500 when the handler raises, reports it, and goes on", function()
+      local errors = {}
+      local srv = assert(server.new{ port = 0,
+        on_error = function(msg) errors[#errors + 1] = msg end,
+        handler = function(req, respond)
+          if req.path == "/boom" then error("kaboom") end
+          respond(200, nil, "fine")
+        end })
+      local status = roundtrip(srv, "GET /boom HTTP/1.1\r\n\r\n")
+      local after = roundtrip(srv, "GET /ok HTTP/1.1\r\n\r\n")
+      srv:close()
+      assert.are.equal(500, status)
+      assert.are.equal(200, after)
+      assert.are.equal(1, #errors)
+      assert.matches("kaboom", errors[1])
+    end)
+
+    it("closes without answering on respond(nil), and stops listening on close()", function()
+      local srv = assert(server.new{ port = 0, handler = function(_, respond) respond(nil) end })
+      local port = srv:port()
+      local status, _, raw_text = roundtrip(srv, "GET / HTTP/1.1\r\n\r\n")
+      assert.is_nil(status)
+      assert.are.equal("", raw_text)
+      srv:close()
+      assert.is_nil(socket.connect("127.0.0.1", port))
     end)
   end)
 

@@ -6,8 +6,11 @@
 --     with a message "field.path: reason". 401 comes before anything else is looked at; then 429
 --     (create pacing), then the body, then 402 (credits).
 --   * A task can only be read with the key that created it; any other key gets 404.
+--   * --errors-in-body turns error statuses into HTTP 200 on the API paths and unknown paths;
+--     /files and /_emulator always answer with real statuses.
 --   * Stats count an answer under the code the body carries (also with --errors-in-body), or as
---     "dropped" / "malformed" for those faults. /_emulator requests are not counted.
+--     "dropped" / "malformed" for those faults. Not counted: /_emulator requests, and requests the
+--     HTTP layer refuses before routing (400 malformed, 413, 431, ...).
 local contract = require "dh3.contract"
 local json = require "dh3.emulator.json"
 local server = require "dh3.emulator.server"

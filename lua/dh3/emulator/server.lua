@@ -121,8 +121,12 @@ function Server:accept_loop()
   while not self.closed do
     if not self.loop:wait_readable(self.lsock) then return end
     while true do
-      local sock = self.lsock:accept()
-      if not sock then break end
+      local sock, err = self.lsock:accept()
+      if not sock then
+        -- out of descriptors, say: the socket stays readable, so pause instead of spinning
+        if err ~= "timeout" and not self.closed then self.loop:sleep(0.1) end
+        break
+      end
       sock:setoption("tcp-nodelay", true)
       self.open, self.total = self.open + 1, self.total + 1
       self.loop:spawn(self.serve_connection, self, stream.new(self.loop, sock))
