@@ -5,7 +5,7 @@
 --
 --   local loop = require("dh3.emulator.loop").new()
 --   loop:spawn(function() loop:sleep(0.5); print("later") end)
---   while loop:pending() do loop:step(1) end
+--   while loop:pending() > 0 do loop:step(1) end
 --
 -- Waiting functions (sleep, wait_readable, wait_writable, suspend) must be called from inside a
 -- coroutine started by this loop's spawn.
@@ -29,6 +29,7 @@ function M.new(opts)
     ready = {},   -- FIFO of {co, ...} to resume at the next chance
     count = 0,    -- live coroutines started by spawn
     seq = 0,
+    stale = 0,    -- timers already woken otherwise, still in the heap
     on_error = opts.on_error or function(msg)
       io.stderr:write("dh3-emulator: ", msg, "\n")
     end,
@@ -109,6 +110,7 @@ end
 local function finish(self, w, ...)
   if w.done then return end
   w.done = true
+  if w.at and not w.popped then self.stale = self.stale + 1 end
   if w.sock then
     local map = w.kind == "read" and self.readers or self.writers
     if map[w.sock] == w then map[w.sock] = nil end
@@ -187,10 +189,30 @@ local function run_ready(self)
   end
 end
 
+-- Pops the earliest timer, keeping count of the stale ones.
+local function pop_timer(self)
+  local w = heap_pop(self.timers)
+  w.popped = true
+  if w.done then self.stale = self.stale - 1 end
+  return w
+end
+
+-- Most socket waits carry a deadline (the idle timeout) and end long before it; their heap entries
+-- would pile up for that long under load. Past a threshold, rebuild the heap without them.
+local function compact_timers(self)
+  if self.stale < 1024 or self.stale * 2 < #self.timers then return end
+  local live = {}
+  for _, w in ipairs(self.timers) do
+    if not w.done then live[#live + 1] = w end
+  end
+  table.sort(live, before) -- a sorted array is a valid heap
+  self.timers, self.stale = live, 0
+end
+
 local function fire_timers(self, now)
   local h = self.timers
   while h[1] and h[1].at <= now do
-    local w = heap_pop(h)
+    local w = pop_timer(self)
     if not w.done then
       if w.sleeping then
         finish(self, w, true)
@@ -209,8 +231,9 @@ function Loop:step(timeout)
   local now = self:now()
   fire_timers(self, now)
   if #self.ready > 0 then timeout = 0 end
+  compact_timers(self)
   local h = self.timers
-  while h[1] and h[1].done do heap_pop(h) end
+  while h[1] and h[1].done do pop_timer(self) end
   if h[1] then timeout = math.max(0, math.min(timeout, h[1].at - now)) end
 
   local recvt, sendt = {}, {}
