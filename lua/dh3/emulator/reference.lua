@@ -16,28 +16,29 @@ M.PROBE_BYTES = 128 * 1024   -- enough for the frame header behind a typical EXI
 
 local LOOPBACK = { localhost = true, ["::1"] = true }
 
--- The task behind one of this emulator's own image URLs, or nil.
-local function own_task(emu, url)
-  local host, port, path = httpc.parse_url(url)
-  if not host or port ~= emu.server:port() then return nil end
+-- Whether host:port is this emulator itself.
+local function is_self(emu, host, port)
+  if port ~= emu.server:port() then return false end
   local public_host = httpc.parse_url(emu.public_url)
-  if not (LOOPBACK[host:lower()] or host:match("^127%.") or host == emu.server:host() or host == public_host) then
-    return nil
-  end
-  local id = path:match("^/files/(%x+)%.%a+$")
-  return id and emu.tasks:find(id)
+  return LOOPBACK[host:lower()] ~= nil or host:match("^127%.") ~= nil
+    or host == emu.server:host() or host == public_host
 end
 
 --- The ratio for "auto" given the first reference image's URL. Returns it at once when no request
 -- is needed; otherwise returns nil and later calls done(ratio) from a loop coroutine.
 function M.ratio(emu, url, done)
-  local task = own_task(emu, url)
-  if task then
-    if task.width then return contract.nearest_ratio(task.width, task.height) end
-    return "1:1" -- itself an "auto" still being read: not worth waiting for
+  local host, port, path = httpc.parse_url(url)
+  if not host then return "1:1" end
+  if is_self(emu, host, port) then
+    -- what fetching it would find: an image only for a finished, successful task
+    local id, ext = path:match("^/files/(%x+)%.(%a+)$")
+    local task = id and emu.tasks:find(id)
+    if task and task.format == ext and emu.tasks:state(task, emu.loop:now()) == "success" then
+      return contract.nearest_ratio(task.width, task.height)
+    end
+    return "1:1"
   end
-  local host = httpc.parse_url(url)
-  if not host or not httpc.is_literal_host(host) then return "1:1" end
+  if not httpc.is_literal_host(host) then return "1:1" end
 
   local result, waiting = nil, false
   emu.loop:spawn(function()
