@@ -1,0 +1,56 @@
+-- Every ```lua example of README.md runs as it is against a fresh emulator, so the docs cannot
+-- drift from the code.
+local emulator = require "helpers.emulator"
+
+local function lua_blocks(path)
+  local f = assert(io.open(path))
+  local text = f:read("a")
+  f:close()
+  local blocks = {}
+  for body in text:gmatch("\n```lua\n(.-)\n```") do blocks[#blocks + 1] = body end
+  return blocks
+end
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
+end
+
+describe("README.md", function()
+  local emu, out
+  setup(function()
+    emu = emulator.start{ "--queue-time", "0.2", "--process-time", "0.3" }
+    out = os.tmpname()
+    os.remove(out)
+    assert(os.execute("mkdir " .. out))
+  end)
+  teardown(function()
+    emu:stop()
+    os.execute("rm -rf " .. out)
+  end)
+
+  local blocks = lua_blocks("README.md")
+  it("has examples", function() assert.is_true(#blocks >= 6) end)
+
+  for i, code in ipairs(blocks) do
+    local first = code:match("[^\n]*\n[^\n]*") -- enough to name it
+    it(("example %d runs: %s"):format(i, first:gsub("\n", " / ")), function()
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write(code)
+      f:close()
+      local cmd = table.concat({
+        "cd", shell_quote(os.getenv("PWD") or "."), "&&",
+        "DH3_API_KEY=" .. shell_quote(emu.key), "DH3_BASE_URL=" .. shell_quote(emu.url),
+        "DH3_OUT=" .. shell_quote(out),
+        "LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;'",
+        "lua5.4", shell_quote(script), "2>&1",
+      }, " ")
+      local p = io.popen(cmd)
+      local output = p:read("a")
+      local ok = p:close()
+      os.remove(script)
+      assert.is_true(ok, output)
+      assert.is_nil(output:find("traceback", 1, true), output)
+    end)
+  end
+end)
