@@ -17,9 +17,11 @@
 #include "dh3.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { DH3_METHOD_GET = 0, DH3_METHOD_POST, DH3_METHOD_HEAD };
@@ -35,6 +37,29 @@ static const char *const dh3_request_fields[] = {
 };
 
 #define DH3_TEMP_SUFFIX ".part-XXXXXX"
+
+/* Like mkstemp, but the file gets the mode an ordinary new file would (0666 less the umask):
+   mkstemp's 0600 would leave every downloaded image readable by its owner only, and reading
+   the umask to fix that afterwards is not safe in a threaded host. */
+static int dh3_request_mktemp(char *path) {
+  static const char chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  char *x = path + strlen(path) - 6;
+  struct timespec ts;
+  unsigned long seed;
+  int attempt, i, fd;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  seed = (unsigned long)ts.tv_nsec ^ ((unsigned long)ts.tv_sec << 20) ^ (unsigned long)getpid() ^
+         (unsigned long)(uintptr_t)path; /* path: a live allocation, so unique among transfers */
+  for (attempt = 0; attempt < 100; attempt++) {
+    for (i = 0; i < 6; i++) {
+      seed = seed * 6364136223846793005UL + 1442695040888963407UL;
+      x[i] = chars[(seed >> 33) % (sizeof(chars) - 1)];
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0 || errno != EEXIST) return fd;
+  }
+  return -1;
+}
 #define DH3_MAX_SECONDS 2000000.0 /* ~23 days: milliseconds still fit a 32-bit long */
 #define DH3_BODY_MIN_CAP ((size_t)16 * 1024)
 
@@ -626,7 +651,7 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
     memcpy(req->tmp + n, DH3_TEMP_SUFFIX, sizeof(DH3_TEMP_SUFFIX));
     /* created at once: from here req->tmp always names a file of ours, which every
        failure path (and __gc) unlinks */
-    fd = mkstemp(req->tmp); /* O_EXCL, mode 0600, beside the destination */
+    fd = dh3_request_mktemp(req->tmp); /* O_EXCL, beside the destination */
     if (fd < 0) {
       int err = errno;
       free(req->tmp); /* only a template: nothing to unlink */
