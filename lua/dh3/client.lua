@@ -8,6 +8,7 @@ local ratelimit = require "dh3.ratelimit"
 local scheduler = require "dh3.scheduler"
 local validate = require "dh3.validate"
 local task = require "dh3.task"
+local poller = require "dh3.poller"
 
 local M = {}
 
@@ -101,7 +102,8 @@ local function call_hook(hook, info)
 end
 
 --- One API call with its retries. `path` has no secret; `query` is appended for the request only.
--- opts: create (boolean: the non-idempotent create rules), task_id, deadline (core.now() based).
+-- opts: create (boolean: the non-idempotent create rules), task_id, deadline (core.now() based),
+-- token (through which scheduler:cancel stops the call).
 -- Returns the decoded answer (body code 200), or nil, err.
 function Client:_api(method, path, query, body, opts)
   local sched = self:_scheduler()
@@ -128,8 +130,9 @@ function Client:_api(method, path, query, body, opts)
       if slot then self._pacer:release(slot) end
       return nil, errors.new("invalid_request", errors.sanitize(rerr, 200), { task_id = opts.task_id })
     end
-    local res = sched:await(req)
+    local res = sched:await(req, opts.token)
     if slot then self._pacer:release(slot) end
+    if res == scheduler.CANCELLED then return nil, errors.cancelled(opts.task_id) end
     local doc, err = errors.from_response(res)
     if self.on_request then
       call_hook(self.on_request, {
@@ -153,16 +156,19 @@ function Client:_api(method, path, query, body, opts)
     if not retryable or attempt > self.max_retries then return nil, err end
     local delay = retry.backoff(attempt, self.retry_delay, err.retry_after)
     if deadline and core.now() + delay >= deadline then return nil, err end
-    sched:sleep(delay)
+    sched:sleep(delay, opts.token)
+    if opts.token and opts.token.cancelled then return nil, errors.cancelled(opts.task_id) end
   end
 end
 
---- Starts the download of one image into `path`; returns the request, or nil, message.
+--- Starts the download of one image, into the file `path` or, without a path, into memory;
+-- returns the request, or nil, message.
 -- No Authorization header: the image host is a third party and must never see the key.
 function Client:_download(image, path, timeout)
   self:_scheduler()
   return self._engine:request{
     method = "GET", url = image.url, download_to = path, expect_size = image.file_size,
+    max_body = not path and math.max(1, image.file_size) or nil,
     follow_redirects = true, connect_timeout = self.connect_timeout,
     timeout = timeout or math.max(self.timeout, MIN_DOWNLOAD_TIMEOUT),
   }
@@ -186,6 +192,35 @@ function Client:create(input)
   end
   local t = task.new(self, input, 3)
   return t:create()
+end
+
+--- Starts polling `tasks` in the background, callbacks style: opts.on_update(task) on each change
+-- of state and opts.on_done(task, err) when one ends, fired from update()/run() (or any blocking
+-- dh3 call). opts: timeout, interval, max_interval, max_concurrency (requests in flight, 16).
+-- Returns the group: group:wait(), group:next(), group:stop(), group:pending().
+function Client:watch(tasks, opts)
+  return (poller.watch(self, tasks, opts, 3))
+end
+
+--- Waits for every task, polling them over at most max_concurrency concurrent requests.
+-- Returns tasks, errs (errs[i]: the error of tasks[i] when it did not succeed).
+function Client:wait_all(tasks, opts)
+  local group = poller.watch(self, tasks, opts, 3)
+  return group:wait()
+end
+
+--- Iterates over tasks as they end: for task, err in client:as_completed(tasks, opts) do ... end
+function Client:as_completed(tasks, opts)
+  local group = poller.watch(self, tasks, opts, 3)
+  return function() return group:next() end
+end
+
+--- The first of `tasks` to end: task, err; nil when `tasks` is empty. The others are left as they are.
+function Client:wait_any(tasks, opts)
+  local group = poller.watch(self, tasks, opts, 3)
+  local t, err = group:next()
+  group:stop()
+  return t, err
 end
 
 --- Runs fn(...) in a coroutine; inside it, every dh3 call yields instead of blocking.

@@ -66,9 +66,10 @@ function M.plan(task_id, images, dest)
   return paths
 end
 
---- The outcome of one finished download: path, or nil, err.
+--- The outcome of one finished download: its path (or its bytes, for one kept in memory),
+-- or nil, err.
 function M.outcome(res, image, task_id)
-  if res.ok then return res.path end
+  if res.ok and res.status >= 200 and res.status <= 299 then return res.path or res.body end
   local fields = { task_id = task_id, http_status = res.status ~= 0 and res.status or nil }
   if res.curl_code ~= 0 and not res.too_large then
     fields.curl_error = res.curl_error

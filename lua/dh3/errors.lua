@@ -36,6 +36,11 @@ function M.new(kind, message, fields)
   return setmetatable(e, Error)
 end
 
+--- The error of a wait or a read stopped by task:cancel() (the task itself goes on).
+function M.cancelled(task_id)
+  return M.new("cancelled", "cancelled by the caller; the task id is still valid", { task_id = task_id })
+end
+
 -- What a status number (HTTP or the body's code) means.
 local KIND_BY_CODE = {
   [400] = "invalid_request", [422] = "invalid_request",

@@ -13,6 +13,10 @@ Scheduler.__index = Scheduler
 -- a wait (it is treated as "resume me on the next step").
 local WAIT = setmetatable({}, { __name = "dh3.wait" })
 
+-- What `await` returns for a request cancelled through its token.
+M.CANCELLED = setmetatable({ cancelled = true }, { __name = "dh3.cancelled" })
+local CANCELLED = M.CANCELLED
+
 -- The longest a blocking wait stays inside one perform: a wake-up on network activity comes
 -- sooner; this only bounds the time between checks of the blocking caller's own condition.
 local MAX_BLOCK = 1.0
@@ -62,6 +66,8 @@ function M.new(engine)
     finished = {},  -- [request] = result, for requests a blocking caller is waiting on
     timers = {},    -- heap of {at, co}
     ready = {},     -- coroutines that yielded on their own, resumed on the next step
+    progress = {},  -- [request] = function(bytes, total), called when bytes change
+    progress_seen = {}, -- [request] = bytes at the last call
     on_error = default_error_handler,
   }, Scheduler)
 end
@@ -126,11 +132,13 @@ function Scheduler:step(wait)
       self.finished[req] = res
     end
   end
+  if next(self.progress) then self:_report_progress() end
   local timers = self.timers
   if timers[1] then
     local now = core.now()
     while timers[1] and timers[1].at <= now do
-      self:_resume(heap_pop(timers).co)
+      local timer = heap_pop(timers)
+      if not timer.cancelled then self:_resume(timer.co) end
     end
   end
   local ready = self.ready
@@ -140,35 +148,115 @@ function Scheduler:step(wait)
   end
 end
 
---- The result of a submitted request, once it completes.
-function Scheduler:await(req)
+--- The result of a submitted request, once it completes (M.CANCELLED when `token` was cancelled
+-- meanwhile). `token`, optional, is a table through which `cancel` can stop the wait.
+function Scheduler:await(req, token)
+  if token then token.req = req end
+  local res
   local co = self:current()
   if co then
     self.waiting[req] = co
-    return coroutine.yield(WAIT)
+    res = coroutine.yield(WAIT)
+  else
+    local finished = self.finished
+    while not finished[req] do
+      self:step(self:_wait_limit(MAX_BLOCK))
+    end
+    res = finished[req]
+    finished[req] = nil
   end
-  local finished = self.finished
-  while not finished[req] do
-    self:step(self:_wait_limit(MAX_BLOCK))
-  end
-  local res = finished[req]
-  finished[req] = nil
+  if token then token.req = nil end
   return res
 end
 
 --- Waits `seconds` (yielding in a spawned coroutine, else blocking while driving the loop).
-function Scheduler:sleep(seconds)
+-- A cancel of `token` ends the wait early.
+function Scheduler:sleep(seconds, token)
   local co = self:current()
   local at = core.now() + seconds
   if co then
-    heap_push(self.timers, { at = at, co = co })
+    local timer = { at = at, co = co }
+    if token then token.timer = timer end
+    heap_push(self.timers, timer)
     coroutine.yield(WAIT)
+    if token then token.timer = nil end
     return
   end
-  while true do
+  while not (token and token.cancelled) do
     local left = at - core.now()
     if left <= 0 then return end
     self:step(self:_wait_limit(left))
+  end
+end
+
+--- Stops whatever the owner of `token` waits on: its transfer is cancelled (its await returns
+-- M.CANCELLED), its sleep ends, and token.on_cancel(), if set, runs. A transfer that already
+-- finished is delivered as usual: the owner checks token.cancelled afterwards.
+function Scheduler:cancel(token)
+  token.cancelled = true
+  local req = token.req
+  if req and req:cancel() then
+    token.req = nil
+    local co = self.waiting[req]
+    self.waiting[req] = nil
+    if co then
+      self:_resume(co, CANCELLED)
+    else
+      self.finished[req] = CANCELLED -- for the blocking caller that is waiting on it
+    end
+  end
+  local timer = token.timer
+  if timer then
+    token.timer = nil
+    timer.cancelled = true
+    self:_resume(timer.co)
+  end
+  if token.on_cancel then token.on_cancel() end
+end
+
+--- Calls fn(bytes, total) from the loop whenever `req` has received more bytes; nil stops it.
+function Scheduler:watch_progress(req, fn)
+  self.progress[req] = fn
+  self.progress_seen[req] = fn and -1 or nil
+end
+
+function Scheduler:_report_progress()
+  local seen = self.progress_seen
+  for req, fn in pairs(self.progress) do
+    local bytes, total = req:progress()
+    if bytes ~= seen[req] then
+      seen[req] = bytes
+      fn(bytes, total)
+    end
+  end
+end
+
+--- An event that coroutines and blocking callers can wait for (see wait_event, set_event).
+function M.event()
+  return { set = false, waiters = {} }
+end
+
+--- Waits until `ev` is set (yielding in a spawned coroutine, else blocking while driving the loop).
+function Scheduler:wait_event(ev)
+  if ev.set then return end
+  local co = self:current()
+  if co then
+    ev.waiters[#ev.waiters + 1] = co
+    coroutine.yield(WAIT)
+    return
+  end
+  while not ev.set do
+    self:step(self:_wait_limit(MAX_BLOCK))
+  end
+end
+
+--- Sets `ev` and resumes the coroutines waiting for it.
+function Scheduler:set_event(ev)
+  ev.set = true
+  local waiters = ev.waiters
+  if waiters[1] then
+    ev.waiters = {}
+    for _, co in ipairs(waiters) do self:_resume(co) end
   end
 end
 

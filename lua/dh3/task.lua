@@ -4,6 +4,7 @@ local contract = require "dh3.contract"
 local errors = require "dh3.errors"
 local validate = require "dh3.validate"
 local download = require "dh3.download"
+local scheduler_cancelled = require("dh3.scheduler").CANCELLED
 
 local M = {}
 
@@ -16,6 +17,10 @@ function Task:__tostring()
 end
 
 local MAX_IMAGES = 64
+
+function M.is_task(v)
+  return getmetatable(v) == Task
+end
 
 --- A task of `client` from an input table (not yet created) or an existing task id.
 -- `level` is error()'s level for the caller's mistakes, as seen from here.
@@ -54,6 +59,24 @@ function Task:create()
   self.id, self.state = id, "queuing"
   self.client:_created(self)
   return self
+end
+
+-- The table through which task:cancel() reaches whatever this task waits on (see scheduler.cancel).
+function Task:_cancel_token()
+  local token = self._token
+  if not token then
+    token = {}
+    self._token = token
+  end
+  return token
+end
+
+--- Stops every wait, poll and transfer in progress for this task: they return nil and an error of
+-- kind "cancelled". The task itself is untouched: its id stays valid to wait on later.
+-- A create in flight is not interrupted (its answer carries the id: it must not be lost).
+function Task:cancel()
+  local token = self._token
+  if token then self.client:_scheduler():cancel(token) end
 end
 
 local function to_integer(v)
@@ -111,7 +134,7 @@ end
 function Task:status(deadline)
   self:_check_created("status")
   local doc, err = self.client:_api("GET", contract.GET_PATH, "?task_id=" .. self.id, nil,
-    { task_id = self.id, deadline = deadline })
+    { task_id = self.id, deadline = deadline, token = self:_cancel_token() })
   if not doc then return nil, err end
   local ok, why = self:_apply(doc.nano_banana_pro_output)
   if not ok then
@@ -141,6 +164,8 @@ function Task:wait(opts)
   local delay = interval
   local seen = self.state
   local scheduler = self.client:_scheduler()
+  local token = self:_cancel_token()
+  token.cancelled = false
   while true do
     if not self:done() then
       local state, err = self:status(deadline)
@@ -160,14 +185,23 @@ function Task:wait(opts)
     end
     local left = deadline - core.now()
     if left <= 0 then break end
-    scheduler:sleep(math.min(delay, left))
+    scheduler:sleep(math.min(delay, left), token)
+    if token.cancelled then return nil, errors.cancelled(self.id) end
     delay = math.min(delay * GROWTH, max_interval)
   end
   return nil, errors.new("timeout", ("the task did not finish within %gs; it is still valid: "
     .. "wait on it again later"):format(timeout), { task_id = self.id })
 end
 
-local DOWNLOAD_OPTIONS = { timeout = "number" }
+local DOWNLOAD_OPTIONS = { timeout = "number", progress = "function" }
+
+function Task:_check_images(what)
+  if self.state ~= "success" or not self.images then
+    return nil, errors.new("invalid_request", ("the task has no images to %s (state %s)"):format(what, self.state),
+      { task_id = self.id })
+  end
+  return true
+end
 
 --- Saves the task's images under `dest` (a folder, or a file path). Returns the array of paths,
 -- or nil, err. Each file is written beside its destination and renamed into place when complete
@@ -178,32 +212,77 @@ function Task:download(dest, opts)
   end
   opts = opts or {}
   validate.check_table("task:download", opts, DOWNLOAD_OPTIONS, 3)
-  if self.state ~= "success" or not self.images then
-    return nil, errors.new("invalid_request", ("the task has no images to download (state %s)"):format(self.state),
-      { task_id = self.id })
+  local ok, err = self:_check_images("download")
+  if not ok then return nil, err end
+  return self:_fetch(download.plan(self.id, self.images, dest), opts)
+end
+
+--- The bytes of image `i` (default 1), in memory: for programs that keep images in memory, such
+-- as engines loading textures. Returns the bytes, or nil, err.
+function Task:read(i, opts)
+  i = i or 1
+  if math.type(i) ~= "integer" then
+    error(("bad argument #1 to 'read' (integer expected, got %s)"):format(math.type(i) or type(i)), 2)
   end
+  opts = opts or {}
+  validate.check_table("task:read", opts, DOWNLOAD_OPTIONS, 3)
+  local ok, err = self:_check_images("read")
+  if not ok then return nil, err end
+  if not self.images[i] then
+    return nil, errors.new("invalid_request", ("the task has no image %d"):format(i), { task_id = self.id })
+  end
+  local results, ferr = self:_fetch({ false }, opts, i)
+  if not results then return nil, ferr end
+  return results[1]
+end
+
+-- Fetches images concurrently: into the files `paths[k]`, or into memory where paths[k] is false
+-- (then only image `only`). Returns the array of paths (or bodies), or nil, err.
+function Task:_fetch(paths, opts, only)
   local client = self.client
-  local paths = download.plan(self.id, self.images, dest)
-  local requests = {}
-  for i, img in ipairs(self.images) do
-    local req, err = client:_download(img, paths[i], opts.timeout)
-    if not req then
-      for _, started in ipairs(requests) do started:cancel() end
-      return nil, errors.new("invalid_request", err, { task_id = self.id })
+  local sched = client:_scheduler()
+  local images = only and { self.images[only] } or self.images
+  local requests, got, total = {}, {}, {}
+  local token = self:_cancel_token()
+  token.cancelled = false
+  local function stop_all()
+    for _, started in ipairs(requests) do
+      started:cancel()
+      sched:watch_progress(started, nil)
     end
-    requests[i] = req
   end
-  local saved, first_err = {}, nil
-  for i, req in ipairs(requests) do
-    local res = client:_scheduler():await(req)
-    local path, err = download.outcome(res, self.images[i], self.id)
-    if path then saved[#saved + 1] = path elseif not first_err then first_err = err end
+  for k, img in ipairs(images) do
+    local req, rerr = client:_download(img, paths[k] or nil, opts.timeout)
+    if not req then
+      stop_all()
+      return nil, errors.new("invalid_request", rerr, { task_id = self.id })
+    end
+    requests[k], got[k], total[k] = req, 0, img.file_size
+    if opts.progress then
+      sched:watch_progress(req, function(bytes)
+        got[k] = bytes
+        local sum_got, sum_total = 0, 0
+        for j = 1, #images do sum_got, sum_total = sum_got + got[j], sum_total + total[j] end
+        opts.progress(self, sum_got, sum_total)
+      end)
+    end
+  end
+  local results, first_err = {}, nil
+  for k, req in ipairs(requests) do
+    local res = sched:await(req, token)
+    sched:watch_progress(req, nil)
+    if res == scheduler_cancelled then
+      stop_all()
+      return nil, errors.cancelled(self.id)
+    end
+    local out, err = download.outcome(res, images[k], self.id)
+    if out then results[#results + 1] = out elseif not first_err then first_err = err end
   end
   if first_err then
-    first_err.paths = saved -- what was saved before the failure stays, complete
+    first_err.paths = results -- what was saved before the failure stays, complete
     return nil, first_err
   end
-  return saved
+  return results
 end
 
 return M

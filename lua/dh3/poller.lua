@@ -1,0 +1,214 @@
+-- Watching many tasks at once: a few worker coroutines (at most max_concurrency requests in
+-- flight) poll the tasks in order of when each is due, so ten thousand waiting tasks cost one small
+-- table each, not a coroutine each. First polls are spread over one interval so a thousand tasks
+-- do not all ask in the same millisecond; each task's interval then grows while it is unchanged.
+local core = require "dh3.core"
+local errors = require "dh3.errors"
+local validate = require "dh3.validate"
+local scheduler = require "dh3.scheduler"
+local task_module = require "dh3.task"
+
+local M = {}
+
+local Group = {}
+Group.__index = Group
+
+M.OPTIONS = {
+  timeout = "number", interval = "number", max_interval = "number", max_concurrency = "number",
+  on_update = "function", on_done = "function",
+}
+M.DEFAULTS = { timeout = 600, interval = 1, max_interval = 10, max_concurrency = 16 }
+local GROWTH = 1.5
+
+-- Entries {at, task, delay, index, seen} in a binary min-heap ordered by `at`.
+local function push(heap, e)
+  local i = #heap + 1
+  heap[i] = e
+  while i > 1 do
+    local parent = i // 2
+    if heap[parent].at <= e.at then break end
+    heap[i], heap[parent] = heap[parent], e
+    i = parent
+  end
+end
+
+local function pop(heap)
+  local top, n = heap[1], #heap
+  heap[1], heap[n] = heap[n], nil
+  n = n - 1
+  local i = 1
+  while true do
+    local l, r, m = 2 * i, 2 * i + 1, i
+    if l <= n and heap[l].at < heap[m].at then m = l end
+    if r <= n and heap[r].at < heap[m].at then m = r end
+    if m == i then break end
+    heap[i], heap[m] = heap[m], heap[i]
+    i = m
+  end
+  return top
+end
+
+-- Runs a user's callback; an error in it goes to the client's error handler, not through the
+-- worker (which must go on polling the other tasks).
+function Group:_callback(fn, ...)
+  local ok, err = pcall(fn, ...)
+  if not ok then
+    local sched = self.sched
+    pcall(sched.on_error, err, coroutine.running())
+  end
+end
+
+function Group:_finish(e, err)
+  if e.finished then return end
+  e.finished = true
+  self.remaining = self.remaining - 1
+  if err then self.errs[e.index] = err end
+  local done = self.done
+  done[#done + 1] = e.index
+  if e.task._token then e.task._token.on_cancel = nil end
+  if self.on_done then self:_callback(self.on_done, e.task, err) end
+  self.sched:set_event(self.event)
+end
+
+local function outcome(task)
+  if task.state == "fail" then
+    return errors.new("task_failed", task.error, { task_id = task.id })
+  end
+  return nil
+end
+
+function Group:_poll(e)
+  local task = e.task
+  local state, err = task:status(self.deadline)
+  if e.finished then return end -- cancelled meanwhile
+  if not state then
+    if err.kind == "timeout" and core.now() >= self.deadline then
+      err = errors.new("timeout", "the task did not finish in time; it is still valid", { task_id = task.id })
+    end
+    return self:_finish(e, err)
+  end
+  if state ~= e.seen then
+    e.seen, e.delay = state, self.interval
+    if self.on_update then self:_callback(self.on_update, task) end
+  end
+  if task:done() then return self:_finish(e, outcome(task)) end
+  e.at = core.now() + e.delay
+  e.delay = math.min(e.delay * GROWTH, self.max_interval)
+  push(self.heap, e)
+end
+
+function Group:_expire()
+  local heap = self.heap
+  while heap[1] do
+    local e = pop(heap)
+    self:_finish(e, errors.new("timeout", ("the task did not finish within %gs; it is still valid")
+      :format(self.timeout), { task_id = e.task.id }))
+  end
+end
+
+function Group:_worker(token)
+  local heap, sched = self.heap, self.sched
+  while heap[1] and not self.stopped do
+    local now = core.now()
+    if now >= self.deadline then
+      self:_expire()
+      break
+    end
+    local e = heap[1]
+    if e.finished then
+      pop(heap)
+    elseif e.at > now then
+      sched:sleep(math.min(e.at, self.deadline) - now, token)
+    else
+      self:_poll(pop(heap))
+    end
+  end
+end
+
+--- Starts watching `tasks` (each created, i.e. with an id). Callbacks fire from the client's
+-- loop (update(), run(), or any blocking call). Returns the group.
+function M.watch(client, tasks, opts, level)
+  opts = opts or {}
+  validate.check_table("watch", opts, M.OPTIONS, level + 1)
+  if type(tasks) ~= "table" then
+    error(("bad argument #1 (array of tasks expected, got %s)"):format(type(tasks)), level)
+  end
+  local sched = client:_scheduler()
+  local interval = opts.interval or M.DEFAULTS.interval
+  local max_concurrency = opts.max_concurrency or M.DEFAULTS.max_concurrency
+  if math.type(max_concurrency) ~= "integer" or max_concurrency < 1 then
+    error("watch: max_concurrency must be a whole number >= 1", level)
+  end
+  local timeout = opts.timeout or M.DEFAULTS.timeout
+  local self = setmetatable({
+    client = client, sched = sched, tasks = tasks, heap = {}, done = {}, taken = 0, errs = {},
+    remaining = #tasks, event = scheduler.event(),
+    timeout = timeout, deadline = core.now() + timeout,
+    interval = interval, max_interval = math.max(interval, opts.max_interval or M.DEFAULTS.max_interval),
+    on_update = opts.on_update, on_done = opts.on_done,
+  }, Group)
+  local now = core.now()
+  for i, task in ipairs(tasks) do
+    if not task_module.is_task(task) or task.client ~= client then
+      error(("watch: item %d is not a task of this client"):format(i), level)
+    end
+    if not task.id then error(("watch: task %d has not been created"):format(i), level) end
+    local e = { task = task, index = i, delay = interval, seen = task.state, at = now + math.random() * interval }
+    if task:done() then
+      self:_finish(e, outcome(task))
+    else
+      local token = task:_cancel_token()
+      token.cancelled = false
+      token.on_cancel = function() self:_finish(e, errors.cancelled(task.id)) end
+      push(self.heap, e)
+    end
+  end
+  self.worker_tokens = {}
+  for i = 1, math.min(max_concurrency, #self.heap) do
+    self.worker_tokens[i] = {}
+    sched:spawn(Group._worker, self, self.worker_tokens[i])
+  end
+  return self
+end
+
+--- Waits until every task has ended (or failed to be read). Returns tasks, errs: errs[i] is the
+-- error of tasks[i] when it did not succeed.
+function Group:wait()
+  while self.remaining > 0 do
+    self.event.set = false
+    self.sched:wait_event(self.event)
+  end
+  return self.tasks, self.errs
+end
+
+--- The next task to end, in the order they end: task, err (err when it did not succeed);
+-- nil when every task has been returned.
+function Group:next()
+  while self.taken >= #self.done do
+    if self.remaining == 0 then return nil end
+    self.event.set = false
+    self.sched:wait_event(self.event)
+  end
+  self.taken = self.taken + 1
+  local i = self.done[self.taken]
+  return self.tasks[i], self.errs[i]
+end
+
+--- Stops watching (the tasks themselves go on; a poll in flight completes first).
+function Group:stop()
+  if self.stopped then return end
+  self.stopped = true
+  for _, e in ipairs(self.heap) do
+    if e.task._token then e.task._token.on_cancel = nil end
+  end
+  for _, token in ipairs(self.worker_tokens) do
+    if token.timer then self.sched:cancel(token) end -- wake the sleeping workers so they end now
+  end
+end
+
+--- Tasks still being watched.
+function Group:pending()
+  return self.remaining
+end
+
+return M
