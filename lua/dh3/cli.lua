@@ -1,149 +1,202 @@
--- The dh3 command line: generate, status, wait, download, emulator.
--- Exit codes: 0 success, 1 the task failed, 2 usage, 3 API or network error, 4 timeout.
+-- The dh3 command line (bin/dh3): turns arguments into jobs (dh3.cli.jobs) run concurrently on one
+-- client, shown live on a terminal (dh3.cli.terminal) or as JSON lines (dh3.cli.jsonlines).
+-- Grammar and help in dh3.cli.parser; exit codes in dh3.cli.exitcode.
+local exitcode = require "dh3.cli.exitcode"
+
 local M = {}
 
-M.EXIT = { ok = 0, task_failed = 1, usage = 2, error = 3, timeout = 4 }
+M.EXIT = exitcode
 
-local function build_parser(version)
-  local argparse = require "argparse"
-  local parser = argparse("dh3", "Generate images with the DH3 API (Nano Banana Pro).")
-    :epilog("Environment: DH3_API_KEY (the key), DH3_BASE_URL (default https://api.dh3.app).\n"
-      .. "Exit codes: 0 success, 1 the task failed, 2 usage, 3 API or network error, 4 timeout.")
-  parser:flag("--version", "Print the version and exit."):action(function()
-    print("dh3 " .. version)
-    os.exit(0)
-  end)
-  parser:command_target("command")
-  parser:require_command(true)
+local function shell_quote(s)
+  return "'" .. s:gsub("'", [['\'']]) .. "'"
+end
 
-  local gen = parser:command("generate", "Create a task, wait for it and save its image.")
-  gen:argument("prompt", "What to draw (3 to 20000 characters).")
-  gen:option("--aspect-ratio", "1:1 2:3 3:2 3:4 4:3 4:5 5:4 9:16 16:9 21:9 auto", "1:1")
-  gen:option("--resolution", "1K, 2K or 4K.", "1K")
-  gen:option("--format", "png or jpg.", "png")
-  gen:option("--image", "A reference image URL (up to 8)."):count("*")
-  gen:option("--callback-url", "A URL the service POSTs the result to.")
-  gen:option("--out", "Where to save: a folder or a file path.", ".")
-  gen:flag("--no-wait", "Print the task id and exit without waiting.")
-  gen:option("--timeout", "Seconds to wait for the task.", "600"):convert(tonumber)
-  gen:flag("--json", "Machine-readable output: one JSON object a line.")
+-- argparse reports a mistake by calling its parser's `error`, which prints and exits 1; ours
+-- raises this instead, so that main prints the usage of the (sub)command at fault and returns 2.
+local Usage = {}
 
-  for _, name in ipairs({ "status", "wait", "download" }) do
-    local descr = ({ status = "Print a task's state.", wait = "Wait until a task ends.",
-      download = "Save a finished task's images." })[name]
-    local cmd = parser:command(name, descr)
-    cmd:argument("id", "The task id.")
-    if name ~= "status" then
-      cmd:option("--timeout", "Seconds to wait for the task.", "600"):convert(tonumber)
+local function usage_error(p, message)
+  error(setmetatable({ parser = p, message = message }, Usage), 0)
+end
+
+local function report_usage(u)
+  local name = u.parser._name == "dh3" and "dh3" or "dh3 " .. u.parser._name
+  io.stderr:write(u.parser:get_usage(), "\n\nError: ", u.message, "\nRun '", name, " --help' for more.\n")
+  return exitcode.USAGE
+end
+
+--- The prompts of a --prompts file ("-": stdin): one a line, blank lines and # comments skipped.
+-- Returns the list, or nil, message.
+function M.read_prompts(path)
+  local f, err = path == "-" and io.stdin or io.open(path, "r")
+  if not f then return nil, err end
+  local prompts = {}
+  for line in f:lines() do
+    line = line:gsub("\r$", "")
+    if line:find("%S") and not line:find("^%s*#") then prompts[#prompts + 1] = line end
+  end
+  if f ~= io.stdin then f:close() end
+  return prompts
+end
+
+-- The folder part of --out, created when missing, for runs that save into a folder.
+local function ensure_folder(dir)
+  local download = require "dh3.download"
+  if download.is_directory(dir) then return true end
+  if os.execute("mkdir -p -- " .. shell_quote(dir)) and download.is_directory(dir) then return true end
+  return nil, "cannot create the folder " .. dir
+end
+
+-- Where a job saves its images. With one job --out keeps the library's meaning (a folder when
+-- it exists or ends in /, else a file path); with several it is a folder. In a folder the
+-- service's file names are used, unless two tasks of this run were given the same one: then the
+-- later one is named after its task id, so no image of the run overwrites another.
+local function destinations(out, several)
+  local download = require "dh3.download"
+  local as_folder = several or out:sub(-1) == "/" or download.is_directory(out)
+  if as_folder then
+    local ok, err = ensure_folder(out)
+    if not ok then return nil, err end
+  end
+  local claimed = {}
+  return function(job)
+    if not as_folder then return out end
+    local task = job.task
+    local planned = download.plan(task.id, task.images, out .. "/")
+    for _, path in ipairs(planned) do
+      if claimed[path] then
+        local ext = path:match("%.([%w]+)$") or "img"
+        return (out:gsub("/+$", "")) .. "/" .. task.id .. "." .. ext
+      end
     end
-    if name == "download" then cmd:option("--out", "Where to save: a folder or a file path.", ".") end
-    cmd:flag("--json", "Machine-readable output.")
+    for _, path in ipairs(planned) do claimed[path] = true end
+    return out:sub(-1) == "/" and out or out .. "/"
   end
-
-  local emu = parser:command("emulator", "Run dh3-emulator, the local double of the service.")
-  emu:argument("flags", "dh3-emulator's own flags (see dh3 emulator -- --help)."):args("*")
-  return parser
 end
 
-local Output = {}
-Output.__index = Output
-
-local function new_output(json)
-  return setmetatable({ json = json, core = require "dh3.core" }, Output)
-end
-
--- Everything printed goes through here: JSON lines with --json, readable lines otherwise.
-function Output:event(kind, fields, text)
-  if self.json then
-    fields.event = kind
-    io.stdout:write(assert(self.core.json_encode(fields)), "\n")
-  elseif text then
-    io.stdout:write(text, "\n")
+-- What `status` shows after the state on a terminal.
+local function summary(task)
+  if task.state == "fail" then return task.error end
+  if task.state ~= "success" then return nil end
+  local parts = {}
+  for _, img in ipairs(task.images) do
+    parts[#parts + 1] = ("%dx%d %s %s %s"):format(img.width, img.height, img.content_type or "?",
+      require("dh3.cli.format").bytes(img.file_size), img.url)
   end
-  io.stdout:flush()
+  return table.concat(parts, "; ")
 end
 
-function Output:fail(err)
-  if self.json then
-    self:event("error", { kind = err.kind, message = err.message, task_id = err.task_id,
-      http_status = err.http_status, code = err.code })
+local function new_reporter(json)
+  if json then return require("dh3.cli.jsonlines").new(), nil end
+  local terminal = require "dh3.cli.terminal"
+  if not terminal.is_terminal() then return require("dh3.cli.jsonlines").new(), nil end
+  return terminal.new(), terminal.REDRAW
+end
+
+-- The jobs of a `generate`: its prompts checked before anything is sent, so that a typo in a
+-- file of prompts costs nothing. Returns jobs, or nil and the errors (one per refused prompt).
+local function prompt_jobs(args, command)
+  local prompts = {}
+  for _, p in ipairs(args.prompt) do prompts[#prompts + 1] = p end
+  if args.prompts then
+    local from_file, err = M.read_prompts(args.prompts)
+    if not from_file then usage_error(command, "cannot read --prompts: " .. tostring(err)) end
+    for _, p in ipairs(from_file) do prompts[#prompts + 1] = p end
   end
-  io.stderr:write(tostring(err), "\n")
-  if err.kind == "task_failed" then return M.EXIT.task_failed end
-  if err.kind == "timeout" then return M.EXIT.timeout end
-  if err.kind == "invalid_request" and not err.http_status then return M.EXIT.usage end
-  return M.EXIT.error
-end
-
-local function wait_and_save(task, args, out, save)
-  local ok, err = task:wait{ timeout = args.timeout, on_update = function(t)
-    out:event("state", { task_id = t.id, state = t.state }, ("%s %s"):format(t.id, t.state))
-  end }
-  if not ok then return out:fail(err) end
-  if not save then return M.EXIT.ok end
-  local paths, derr = task:download(args.out)
-  if not paths then return out:fail(derr) end
-  for _, p in ipairs(paths) do out:event("saved", { task_id = task.id, path = p }, p) end
-  return M.EXIT.ok
-end
-
-local commands = {}
-
-function commands.generate(client, args, out)
-  local input = {
-    prompt = args.prompt, aspect_ratio = args.aspect_ratio, resolution = args.resolution,
-    output_format = args.format, callback_url = args.callback_url,
-    image_urls = #args.image > 0 and args.image or nil,
-  }
-  local task, err = client:create(input)
-  if not task then return out:fail(err) end
-  out:event("created", { task_id = task.id }, task.id)
-  if args.no_wait then return M.EXIT.ok end
-  return wait_and_save(task, args, out, true)
-end
-
-function commands.status(client, args, out)
-  local task = client:task(args.id)
-  local state, err = task:status()
-  if not state then return out:fail(err) end
-  out:event("state", { task_id = task.id, state = state, error = task.error }, state)
-  return M.EXIT.ok
-end
-
-function commands.wait(client, args, out)
-  return wait_and_save(client:task(args.id), args, out, false)
-end
-
-function commands.download(client, args, out)
-  local task = client:task(args.id)
-  local state, err = task:status()
-  if not state then return out:fail(err) end
-  return wait_and_save(task, args, out, true)
-end
-
---- Runs the command line; returns the exit code.
-function M.main(argv, version)
-  local parser = build_parser(version)
-  local ok, args = parser:pparse(argv)
-  if not ok then
-    io.stderr:write(parser:get_usage(), "\n\nError: ", args, "\n")
-    return M.EXIT.usage
+  if #prompts == 0 then usage_error(command, "no prompt: give PROMPT arguments or --prompts FILE") end
+  local validate = require "dh3.validate"
+  local jobs_mod = require "dh3.cli.jobs"
+  local jobs, refused = {}, {}
+  for i, prompt in ipairs(prompts) do
+    local input = {
+      prompt = prompt, aspect_ratio = args.aspect_ratio, resolution = args.resolution,
+      output_format = args.format, callback_url = args.callback_url,
+      image_urls = #args.image > 0 and args.image or nil,
+    }
+    local _, err = validate.task_input(input, 1)
+    if err then
+      err.message = ("prompt %d: %s"):format(i, err.message)
+      refused[#refused + 1] = { err = err, job = jobs_mod.new(i, { prompt = prompt }) }
+    end
+    jobs[i] = jobs_mod.new(i, { prompt = prompt, input = input })
   end
-  if args.command == "emulator" then
-    return require("dh3.emulator").main(args.flags) or 0
+  if #refused > 0 then return nil, refused end
+  return jobs
+end
+
+local function id_jobs(args, command)
+  local validate = require "dh3.validate"
+  local jobs_mod = require "dh3.cli.jobs"
+  local jobs = {}
+  for i, id in ipairs(args.id) do
+    if not validate.task_id(id) then usage_error(command, ("not a task id: '%s'"):format(id)) end
+    jobs[i] = jobs_mod.new(i, { id = id })
   end
-  local dh3 = require "dh3"
-  local out = new_output(args.json)
-  local client, err = dh3.new{}
-  if not client then return out:fail(err) end
-  if args.id and not require("dh3.validate").task_id(args.id) then
-    io.stderr:write("dh3: not a task id: ", args.id, "\n")
-    client:close()
-    return M.EXIT.usage
+  return jobs
+end
+
+-- Runs the jobs; Ctrl-C ends the run, with the ids still at work said, so no paid task is lost.
+local function run(client, jobs, plan, reporter, redraw)
+  local ok, code = pcall(require("dh3.cli.jobs").run, client, jobs, plan, reporter, redraw)
+  if ok then return code end
+  if not tostring(code):find("interrupted!", 1, true) then error(code, 0) end
+  reporter:close()
+  local open = {}
+  for _, job in ipairs(jobs) do
+    if job.task and job.task.id and not job.code then open[#open + 1] = job.task.id end
   end
-  local code = commands[args.command](client, args, out)
+  io.stderr:write("dh3: interrupted", #open > 0 and ("; still running at the service (dh3 wait ID): "
+    .. table.concat(open, " ")) or "", "\n")
+  return exitcode.INTERRUPTED
+end
+
+local function execute(args, command)
+  local jobs, refused
+  local plan = { timeout = args.timeout, summary = summary }
+  if args.command == "generate" then
+    jobs, refused = prompt_jobs(args, command)
+    plan.no_wait = args.no_wait
+  else
+    jobs = id_jobs(args, command)
+    plan.status_only = args.command == "status"
+  end
+  if args.out and not plan.no_wait then
+    local dest, err = destinations(args.out, #(jobs or refused) > 1)
+    if not dest then usage_error(command, err) end
+    plan.dest = dest
+  end
+  local reporter, redraw = new_reporter(args.json)
+  if refused then
+    for _, r in ipairs(refused) do reporter:error(r.err, r.job) end
+    reporter:close()
+    return exitcode.USAGE
+  end
+  local client, err = require("dh3").new{}
+  if not client then
+    reporter:error(err)
+    reporter:close()
+    return exitcode.for_error(err)
+  end
+  local code = run(client, jobs, plan, reporter, redraw)
+  reporter:close()
   client:close()
   return code
+end
+
+--- Runs the command line `argv` (without the program name); returns the exit code.
+function M.main(argv, version)
+  local parser, commands = require("dh3.cli.parser").new(version)
+  parser.error = usage_error
+  local ok, result = pcall(function()
+    local args = parser:parse(argv)
+    if args.command == "emulator" then
+      return require("dh3.emulator").main(args.flags) or exitcode.OK
+    end
+    return execute(args, commands[args.command])
+  end)
+  if ok then return result end
+  if getmetatable(result) == Usage then return report_usage(result) end
+  error(result, 0)
 end
 
 return M

@@ -1,0 +1,48 @@
+-- Text for people: sizes, durations, a progress bar, and cutting a line to the terminal's width.
+local M = {}
+
+local UNITS = { "KiB", "MiB", "GiB", "TiB" }
+
+--- 999 B, 1.5 KiB, 2.3 MiB ...
+function M.bytes(n)
+  if n < 1024 then return ("%d B"):format(n) end
+  local unit = 0
+  repeat
+    n = n / 1024
+    unit = unit + 1
+  until n < 1024 or unit == #UNITS
+  return ("%.1f %s"):format(n, UNITS[unit])
+end
+
+--- 0.4s, 12.3s, 1m05s, 2h03m
+function M.duration(seconds)
+  if seconds < 60 then return ("%.1fs"):format(seconds) end
+  local s = math.floor(seconds)
+  if s < 3600 then return ("%dm%02ds"):format(s // 60, s % 60) end
+  return ("%dh%02dm"):format(s // 3600, s % 3600 // 60)
+end
+
+--- [=========>          ] for a fraction in 0..1, `width` characters inside the brackets.
+function M.bar(fraction, width)
+  fraction = math.max(0, math.min(1, fraction))
+  local full = math.floor(fraction * width + 0.5)
+  local head = (full > 0 and full < width) and ">" or ""
+  if head ~= "" then full = full - 1 end
+  return "[" .. ("="):rep(full) .. head .. (" "):rep(width - full - #head) .. "]"
+end
+
+--- `text` cut to at most `columns` characters (UTF-8 code points), ending in "..." when cut.
+-- Control characters become spaces: a prompt or a server's message must not move the cursor.
+function M.fit(text, columns)
+  text = text:gsub("%c", " ")
+  local n = utf8.len(text)
+  if not n then -- not UTF-8: count bytes, and never cut inside what a terminal may draw oddly
+    text = text:gsub("[\128-\255]", "?")
+    n = #text
+  end
+  if n <= columns then return text end
+  if columns <= 3 then return ("."):rep(math.max(columns, 0)) end
+  return text:sub(1, utf8.offset(text, columns - 3 + 1) - 1) .. "..."
+end
+
+return M

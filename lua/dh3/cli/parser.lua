@@ -1,0 +1,109 @@
+-- The command line's grammar: commands, flags, and the help text of each, on lua-argparse (the only
+-- place that loads it, so the library itself never needs it).
+local contract = require "dh3.contract"
+local exitcode = require "dh3.cli.exitcode"
+
+local M = {}
+
+local ENVIRONMENT = [[
+Environment:
+   DH3_API_KEY    the API key (required; never printed)
+   DH3_BASE_URL   the service (default https://api.dh3.app), e.g. a dh3-emulator's URL]]
+
+local OUTPUT = [[
+Output: on a terminal, one live row per task (state and elapsed time while waiting, a progress
+bar with size and speed while downloading); errors go to stderr. With --json, or when stdout is
+not a terminal, stdout carries JSON lines only (one event object a line: created, state, saved,
+error; see README.md), and errors are also written to stderr as one line each.]]
+
+-- Every command's help ends with what a script needs: exit codes and environment.
+local EPILOG = OUTPUT .. "\n\n" .. exitcode.HELP .. "\n\n" .. ENVIRONMENT
+
+-- argparse's convert: a finite number of seconds above zero, or nil and why.
+local function seconds(s)
+  local n = tonumber(s)
+  if n and n > 0 and n < math.huge then return n end
+  return nil, "must be a positive number of seconds, got '" .. s .. "'"
+end
+
+local function add_wait_options(cmd)
+  cmd:option("--timeout", "Seconds to wait for each task to end; the task goes on at the service "
+    .. "after a timeout (dh3 wait ID).", "600"):convert(seconds):argname("<S>")
+  cmd:flag("--json", "Print JSON lines only, also on a terminal.")
+end
+
+local function add_out_option(cmd)
+  cmd:option("--out", "Where to save: a folder (existing, or ending in /, then created) or a file path. "
+    .. "With several tasks it is always a folder.", "."):argname("<DIR|FILE>")
+end
+
+local function generate(parser)
+  local cmd = parser:command("generate", "Create tasks from prompts, wait for them and save their images. "
+    .. "Several prompts (arguments or --prompts) run concurrently; creates are paced to the service's "
+    .. "limit.")
+  cmd:argument("prompt", ("What to draw, %d to %d characters. Quote each prompt."):format(
+    contract.PROMPT_MIN, contract.PROMPT_MAX)):args("*")
+  cmd:option("--prompts", "A file of prompts, one a line; blank lines and lines starting with # "
+    .. "are skipped; - reads stdin."):argname("<FILE>")
+  cmd:option("--aspect-ratio", "One of " .. table.concat(contract.ASPECT_RATIOS, " ") .. ".",
+    contract.DEFAULTS.aspect_ratio):choices(contract.ASPECT_RATIOS):argname("<R>")
+  cmd:option("--resolution", "One of " .. table.concat(contract.RESOLUTIONS, " ") .. ".",
+    contract.DEFAULTS.resolution):choices(contract.RESOLUTIONS):argname("<R>")
+  cmd:option("--format", "Image format: " .. table.concat(contract.OUTPUT_FORMATS, " or ") .. ".",
+    contract.DEFAULTS.output_format):choices(contract.OUTPUT_FORMATS):argname("<F>")
+  cmd:option("--image", ("A reference image URL; repeat for more (up to %d)."):format(
+    contract.MAX_IMAGE_URLS)):count("*"):argname("<URL>")
+  cmd:option("--callback-url", "A URL the service POSTs the result to when the task ends."):argname("<URL>")
+  add_out_option(cmd)
+  cmd:flag("--no-wait", "Print the task ids as soon as they are created and exit 0.")
+  add_wait_options(cmd)
+  cmd:epilog("Examples:\n"
+    .. "   dh3 generate 'a lighthouse at dawn, watercolor' --aspect-ratio 16:9 --out lighthouse.png\n"
+    .. "   dh3 generate --prompts prompts.txt --resolution 2K --out images/\n"
+    .. "   dh3 generate --no-wait 'a red fox in snow' --json | jq -r .task_id\n\n" .. EPILOG)
+  return cmd
+end
+
+local function on_ids(parser, name, description, extra)
+  local cmd = parser:command(name, description)
+  cmd:argument("id", "Task id(s); several run concurrently."):args("+")
+  if extra then extra(cmd) end
+  cmd:epilog(EPILOG)
+  return cmd
+end
+
+--- The parser for `dh3`, and its commands by name; `version` is dh3.VERSION.
+function M.new(version)
+  local argparse = require "argparse"
+  local parser = argparse("dh3", "Generate images with the DH3 API (the Nano Banana Pro model), "
+    .. "from the command line.")
+    :help_max_width(100)
+    :epilog("Run 'dh3 COMMAND --help' for a command's flags.\n\n" .. EPILOG)
+  parser:flag("--version", "Print the version and exit."):action(function()
+    local curl = require("dh3.core").curl_version:match("^%S+")
+    io.stdout:write("dh3 ", version, " (", curl, ")\n")
+    os.exit(exitcode.OK)
+  end)
+  parser:command_target("command")
+  parser:require_command(true)
+  parser:add_help_command()
+  local commands = {}
+  commands.generate = generate(parser)
+  commands.status = on_ids(parser, "status", "Print each task's state (one request each). Exits 0 whatever the state; "
+    .. "the JSON state event carries images on success and error on fail.", function(cmd)
+    cmd:flag("--json", "Print JSON lines only, also on a terminal.")
+  end)
+  commands.wait = on_ids(parser, "wait", "Wait until tasks end, without downloading.", add_wait_options)
+  commands.download = on_ids(parser, "download", "Wait until tasks end if they have not yet, then save their images.",
+    function(cmd)
+      add_out_option(cmd)
+      add_wait_options(cmd)
+    end)
+  -- Everything after `emulator` is the emulator's own (its --help included), untouched.
+  commands.emulator = parser:command("emulator", "Run dh3-emulator, the local double of the service: "
+    .. "'dh3 emulator --help' lists its flags."):handle_options(false)
+  commands.emulator:argument("flags", "dh3-emulator's flags."):args("*")
+  return parser, commands
+end
+
+return M
