@@ -146,8 +146,12 @@ function Terminal:finished(job)
   end
 end
 
+--- Leaves the rows of jobs still running (after Ctrl-C) on the screen as they are; idempotent.
 function Terminal:close()
-  self:draw()
+  local rows = {}
+  for i, job in ipairs(self.live) do rows[i] = self:row(job) end
+  self.live = {}
+  self:draw(rows)
 end
 
 return M

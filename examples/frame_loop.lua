@@ -1,0 +1,78 @@
+-- A game's frame loop that generates images while it keeps ticking. The loop below stands in for
+-- an engine's update: 60 frames a second, each frame calls client:update() once (it never waits),
+-- then "renders" for the rest of its 16 ms. Three images are made meanwhile, each by a coroutine
+-- (client:spawn) that creates its task, waits for it and reads the bytes into memory, as an engine
+-- loading a texture would. At the end it prints how many frames ran and the longest one: the
+-- network never made a frame late.
+--
+-- Run from the source tree: lua5.4 examples/frame_loop.lua
+-- Against a service: set DH3_API_KEY and DH3_BASE_URL; otherwise it starts a local dh3-emulator.
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = "./?.so;" .. package.cpath
+
+local dh3 = require "dh3"
+local now = require("dh3.core").now -- a monotonic clock in seconds
+
+local FRAME = 1 / 60
+local PROMPTS = { "a stone bridge, pixel art", "a treasure chest, pixel art", "a fir forest, pixel art" }
+
+local emu, key, url
+if os.getenv("DH3_BASE_URL") then
+  key, url = os.getenv("DH3_API_KEY"), os.getenv("DH3_BASE_URL")
+else
+  key = "frame-loop-key"
+  emu = assert(require("dh3.emulator.process").start{ "--keys", key, "--queue-time", "0.5", "--process-time", "1" })
+  url = emu.url
+end
+
+-- What the game does with a texture once its bytes are in memory: here, read the PNG header.
+local function upload_texture(name, bytes)
+  local width, height = 0, 0
+  if bytes:sub(1, 8) == "\137PNG\r\n\26\n" then width, height = string.unpack(">I4I4", bytes, 17) end
+  return ("%s: %dx%d, %d bytes"):format(name, width, height, #bytes)
+end
+
+local function main()
+  local client <close> = assert(dh3.new{ api_key = key, base_url = url })
+  local frame, ready, failed = 0, 0, 0
+  for i, prompt in ipairs(PROMPTS) do
+    client:spawn(function()
+      local task, err = client:create{ prompt = prompt, aspect_ratio = "1:1" }
+      if task then task, err = task:wait{ timeout = 120, interval = 0.25 } end
+      local bytes
+      if task then bytes, err = task:read() end
+      if not bytes then
+        failed = failed + 1
+        print(("frame %4d: texture %d failed: %s"):format(frame, i, tostring(err)))
+        return
+      end
+      ready = ready + 1
+      print(("frame %4d: texture %d ready (%s)"):format(frame, i, upload_texture(prompt, bytes)))
+    end)
+  end
+
+  local start = now()
+  local longest_frame, longest_update = 0, 0
+  local pending = 1
+  while pending > 0 do
+    local frame_start = now()
+    frame = frame + 1
+    pending = client:update()                -- the only dh3 call of the frame: it never waits
+    longest_update = math.max(longest_update, now() - frame_start)
+    -- the game's own work for the rest of the frame (a real engine would draw, then vsync)
+    while now() - frame_start < FRAME do end
+    longest_frame = math.max(longest_frame, now() - frame_start)
+  end
+  local seconds = now() - start
+  print(("%d frames in %.2fs (%.0f per second); longest client:update() %.2f ms, longest frame %.2f ms")
+    :format(frame, seconds, frame / seconds, longest_update * 1000, longest_frame * 1000))
+  print(("%d textures ready, %d failed"):format(ready, failed))
+  assert(failed == 0, "some images failed")
+end
+
+local ok, err = pcall(main)
+if emu then emu:stop() end
+if not ok then
+  io.stderr:write("frame_loop failed: ", tostring(err), "\n")
+  os.exit(1)
+end
