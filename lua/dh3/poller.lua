@@ -6,6 +6,8 @@ local core = require "dh3.core"
 local errors = require "dh3.errors"
 local validate = require "dh3.validate"
 local scheduler = require "dh3.scheduler"
+local heap_ = require "dh3.heap"
+local push, pop = heap_.push, heap_.pop
 local task_module = require "dh3.task"
 
 local M = {}
@@ -19,34 +21,6 @@ M.OPTIONS = {
 }
 M.DEFAULTS = { timeout = 600, interval = 1, max_interval = 10, max_concurrency = 16 }
 local GROWTH = 1.5
-
--- Entries {at, task, delay, index, seen} in a binary min-heap ordered by `at`.
-local function push(heap, e)
-  local i = #heap + 1
-  heap[i] = e
-  while i > 1 do
-    local parent = i // 2
-    if heap[parent].at <= e.at then break end
-    heap[i], heap[parent] = heap[parent], e
-    i = parent
-  end
-end
-
-local function pop(heap)
-  local top, n = heap[1], #heap
-  heap[1], heap[n] = heap[n], nil
-  n = n - 1
-  local i = 1
-  while true do
-    local l, r, m = 2 * i, 2 * i + 1, i
-    if l <= n and heap[l].at < heap[m].at then m = l end
-    if r <= n and heap[r].at < heap[m].at then m = r end
-    if m == i then break end
-    heap[i], heap[m] = heap[m], heap[i]
-    i = m
-  end
-  return top
-end
 
 -- Runs a user's callback; an error in it goes to the client's error handler, not through the
 -- worker (which must go on polling the other tasks).
@@ -171,10 +145,10 @@ function M.watch(client, tasks, opts, level)
   return self
 end
 
---- Waits until every task has ended (or failed to be read). Returns tasks, errs: errs[i] is the
--- error of tasks[i] when it did not succeed.
+--- Waits until every task has ended (or failed to be read), or the group is stopped. Returns
+-- tasks, errs: errs[i] is the error of tasks[i] when it did not succeed.
 function Group:wait()
-  while self.remaining > 0 do
+  while self.remaining > 0 and not self.stopped do
     self.event.set = false
     self.sched:wait_event(self.event)
   end
@@ -185,7 +159,7 @@ end
 -- nil when every task has been returned.
 function Group:next()
   while self.taken >= #self.done do
-    if self.remaining == 0 then return nil end
+    if self.remaining == 0 or self.stopped then return nil end
     self.event.set = false
     self.sched:wait_event(self.event)
   end

@@ -3,6 +3,7 @@
 -- resumes the coroutine when its transfer or timer is done; anywhere else they block, turning the
 -- same loop, so work in flight for other coroutines keeps moving meanwhile.
 local core = require "dh3.core"
+local heap = require "dh3.heap"
 
 local M = {}
 
@@ -21,38 +22,6 @@ local CANCELLED = M.CANCELLED
 -- sooner; this only bounds the time between checks of the blocking caller's own condition.
 local MAX_BLOCK = 1.0
 
--- Timers live in a binary min-heap of {at, co} ordered by `at`.
-local function heap_push(heap, item)
-  local i = #heap + 1
-  heap[i] = item
-  while i > 1 do
-    local parent = i // 2
-    if heap[parent].at <= item.at then break end
-    heap[i], heap[parent] = heap[parent], item
-    i = parent
-  end
-end
-
-local function heap_pop(heap)
-  local top, n = heap[1], #heap
-  local last = heap[n]
-  heap[n] = nil
-  n = n - 1
-  if n > 0 then
-    local i = 1
-    heap[1] = last
-    while true do
-      local l, r, m = 2 * i, 2 * i + 1, i
-      if l <= n and heap[l].at < heap[m].at then m = l end
-      if r <= n and heap[r].at < heap[m].at then m = r end
-      if m == i then break end
-      heap[i], heap[m] = heap[m], heap[i]
-      i = m
-    end
-  end
-  return top
-end
-
 local function default_error_handler(err, co)
   io.stderr:write("dh3: error in a spawned coroutine: ", debug.traceback(co, tostring(err)), "\n")
 end
@@ -64,7 +33,7 @@ function M.new(engine)
     nthreads = 0,
     waiting = {},   -- [request] = coroutine suspended until that request completes
     finished = {},  -- [request] = result, for requests a blocking caller is waiting on
-    timers = {},    -- heap of {at, co}
+    timers = {},    -- a heap (dh3.heap) of {at, co}
     ready = {},     -- coroutines that yielded on their own, resumed on the next step
     progress = {},  -- [request] = function(bytes, total), called when bytes change
     progress_seen = {}, -- [request] = bytes at the last call
@@ -137,7 +106,7 @@ function Scheduler:step(wait)
   if timers[1] then
     local now = core.now()
     while timers[1] and timers[1].at <= now do
-      local timer = heap_pop(timers)
+      local timer = heap.pop(timers)
       if not timer.cancelled then self:_resume(timer.co) end
     end
   end
@@ -177,7 +146,7 @@ function Scheduler:sleep(seconds, token)
   if co then
     local timer = { at = at, co = co }
     if token then token.timer = timer end
-    heap_push(self.timers, timer)
+    heap.push(self.timers, timer)
     coroutine.yield(WAIT)
     if token then token.timer = nil end
     return

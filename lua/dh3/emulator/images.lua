@@ -34,11 +34,16 @@ local function hsl_to_rgb(h, s, l)
   return { byte(r), byte(g), byte(b) }
 end
 
+-- Hues come in steps, so that thousands of tasks share a few dozen renderings (the cache is keyed
+-- by format, size and hue): a 1K PNG takes tens of milliseconds to make.
+local HUE_STEP = 15
+
 --- Four corner colours (top-left, top-right, bottom-left, bottom-right) drawn from rng (a
 -- dh3.emulator.random stream): neighbouring hues with one complementary accent, mid lightness.
 function M.palette(rng)
-  local hue = rng:range(0, 359)
+  local hue = rng:range(0, 360 // HUE_STEP - 1) * HUE_STEP
   return {
+    hue = hue,
     hsl_to_rgb(hue, 0.65, 0.55),
     hsl_to_rgb(hue + 50, 0.60, 0.60),
     hsl_to_rgb(hue + 180, 0.55, 0.35),

@@ -133,7 +133,8 @@ end
 
 --- The task's image bytes (rendered once, then cached).
 function Store:image(task)
-  local bytes = self.emu.cache:get(task.id, function()
+  local key = ("%s %dx%d %d"):format(task.format, task.width, task.height, task.palette.hue)
+  local bytes = self.emu.cache:get(key, function()
     return images.render(task.format, task.width, task.height, task.palette)
   end)
   task.file_size = #bytes
