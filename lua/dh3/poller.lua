@@ -53,8 +53,10 @@ end
 
 function Group:_poll(e)
   local task = e.task
+  self.polling[e] = true
   local state, err = task:status(self.deadline)
-  if e.finished then return end -- cancelled meanwhile
+  self.polling[e] = nil
+  if e.finished or self.stopped then return end -- cancelled meanwhile
   if not state then
     if err.kind == "timeout" and core.now() >= self.deadline then
       err = errors.new("timeout", "the task did not finish in time; it is still valid", { task_id = task.id })
@@ -116,6 +118,7 @@ function M.watch(client, tasks, opts, level)
   local timeout = opts.timeout or M.DEFAULTS.timeout
   local self = setmetatable({
     client = client, sched = sched, tasks = tasks, heap = {}, done = {}, taken = 0, errs = {},
+    polling = {}, -- entries whose status read is in flight
     remaining = #tasks, event = scheduler.event(),
     timeout = timeout, deadline = core.now() + timeout,
     interval = interval, max_interval = math.max(interval, opts.max_interval or M.DEFAULTS.max_interval),
@@ -168,12 +171,16 @@ function Group:next()
   return self.tasks[i], self.errs[i]
 end
 
---- Stops watching (the tasks themselves go on; a poll in flight completes first).
+--- Stops watching: polls in flight are cancelled and the workers end (the tasks themselves go on).
 function Group:stop()
   if self.stopped then return end
   self.stopped = true
   for _, e in ipairs(self.heap) do
     if e.task._token then e.task._token.on_cancel = nil end
+  end
+  for e in pairs(self.polling) do
+    e.task._token.on_cancel = nil
+    self.sched:cancel(e.task._token)
   end
   for _, token in ipairs(self.worker_tokens) do
     if token.timer then self.sched:cancel(token) end -- wake the sleeping workers so they end now
