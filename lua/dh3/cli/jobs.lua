@@ -18,10 +18,10 @@ function M.new(index, fields)
   return job
 end
 
---- Seconds since the job started, frozen once it ended.
-function Job:elapsed()
+--- Seconds since the job started, frozen once it ended; `at` is the time now (default core.now()).
+function Job:elapsed(at)
   if not self.started then return 0 end
-  return (self.ended or core.now()) - self.started
+  return (self.ended or at or core.now()) - self.started
 end
 
 local function fail(job, reporter, err)

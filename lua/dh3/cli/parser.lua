@@ -103,6 +103,9 @@ function M.new(version)
   commands.emulator = parser:command("emulator", "Run dh3-emulator, the local double of the service: "
     .. "'dh3 emulator --help' lists its flags."):handle_options(false)
   commands.emulator:argument("flags", "dh3-emulator's flags."):args("*")
+  commands.emulator:epilog("It prints 'listening on http://HOST:PORT' first, then serves until Ctrl-C.\n"
+    .. "Point dh3 at it with DH3_BASE_URL=http://HOST:PORT and DH3_API_KEY set to one of --keys.\n\n"
+    .. "Exit codes:\n   0    stopped with Ctrl-C\n   1    cannot listen (the port is taken)\n   2    bad flags")
   return parser, commands
 end
 

@@ -65,7 +65,7 @@ end
 -- cursor arithmetic of the redraw).
 function Terminal:row(job)
   local id = job.task and job.task.id or job.id or "(creating)"
-  local elapsed = job.status_only and "" or format.duration(job:elapsed())
+  local elapsed = job.status_only and "" or format.duration(job:elapsed(self.now()))
   return format.fit(("%-32s  %-11s %6s  %s"):format(id, job.phase, elapsed, detail(self, job)),
     self.columns - 1)
 end

@@ -1,0 +1,473 @@
+-- The dh3 command line, run as a user runs it (lua5.4 bin/dh3 ...) against its own emulators:
+-- through a pipe for the JSON lines and the exit codes, in a real terminal (tmux) for the live
+-- display. Its text helpers and its display are also checked on their own.
+local emulator = require "helpers.emulator"
+local cjson = require "cjson"
+local now = require("dh3.core").now
+
+local function sh(s)
+  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function tmpdir()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir " .. dir))
+  return dir
+end
+
+-- The environment of a run: DH3_* from `env` only (nil: unset), whatever the caller's shell had.
+local function env_words(env)
+  local words = { "env", "-u", "DH3_API_KEY", "-u", "DH3_BASE_URL" }
+  for k, v in pairs(env or {}) do words[#words + 1] = k .. "=" .. sh(v) end
+  return words
+end
+
+-- Runs `lua5.4 bin/dh3 ARGS` with stdout a pipe. Returns {code, out, err, seconds, events}.
+local function dh3(env, ...)
+  local words = env_words(env)
+  words[#words + 1] = "lua5.4 bin/dh3"
+  for _, a in ipairs({ ... }) do words[#words + 1] = sh(a) end
+  local errfile = os.tmpname()
+  local start = now()
+  local p = assert(io.popen(table.concat(words, " ") .. " 2>" .. errfile))
+  local out = p:read("a")
+  local _, _, code = p:close()
+  local run = { code = code, out = out, err = read_file(errfile), seconds = now() - start, events = {} }
+  os.remove(errfile)
+  for line in out:gmatch("[^\n]+") do
+    if line:sub(1, 1) == "{" then run.events[#run.events + 1] = cjson.decode(line) end
+  end
+  return run
+end
+
+local function events_of(run, name)
+  local list = {}
+  for _, e in ipairs(run.events) do
+    if e.event == name then list[#list + 1] = e end
+  end
+  return list
+end
+
+local function names(run)
+  local list = {}
+  for _, e in ipairs(run.events) do list[#list + 1] = e.event end
+  return table.concat(list, " ")
+end
+
+describe("the dh3 command", function()
+  local emu, env, out
+  setup(function()
+    -- no limit on creates at the emulator: each run is a new client, paced on its own, and a
+    -- run must not meet the 429s earned by the one before it
+    emu = emulator.start{ "--queue-time", "0", "--process-time", "0.3", "--create-qps", "0" }
+    env = { DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url }
+    out = tmpdir()
+  end)
+  teardown(function()
+    emu:stop()
+    os.execute("rm -rf " .. out)
+  end)
+
+  describe("--help and --version", function()
+    it("prints the version", function()
+      local run = dh3(nil, "--version")
+      assert.are.equal(0, run.code)
+      assert.matches("^dh3 %d+%.%d+%.%d+", run.out)
+    end)
+
+    it("documents every command with its exit codes and environment", function()
+      for _, command in ipairs({ {}, { "generate" }, { "status" }, { "wait" }, { "download" } }) do
+        local args = { table.unpack(command) }
+        if args[1] ~= "help" then args[#args + 1] = "--help" end
+        local run = dh3(nil, table.unpack(args))
+        local what = table.concat(args, " ")
+        assert.are.equal(0, run.code, what)
+        assert.matches("^Usage: dh3", run.out, what)
+        for _, text in ipairs({ "Exit codes", "0 +success", "1 +a task failed", "2 +usage", "3 +API or network",
+          "4 +timeout", "worst", "DH3_API_KEY", "DH3_BASE_URL" }) do
+          assert.matches(text, run.out, what)
+        end
+      end
+      local gen = dh3(nil, "generate", "--help").out
+      for _, flag in ipairs({ "--aspect-ratio", "--resolution", "--format", "--image", "--callback-url", "--out",
+        "--no-wait", "--timeout", "--json", "--prompts" }) do
+        assert.matches(flag, gen, nil, true)
+      end
+    end)
+
+    it("documents `dh3 emulator` and passes `dh3 emulator --help` to the emulator", function()
+      local run = dh3(nil, "help", "emulator")
+      assert.are.equal(0, run.code)
+      assert.matches("Usage: dh3 emulator", run.out, nil, true)
+      assert.matches("Exit codes", run.out, nil, true)
+      run = dh3(nil, "emulator", "--help")
+      assert.are.equal(0, run.code)
+      assert.matches("--queue-time", run.out, nil, true)
+      assert.matches("{emu:fail}", run.out, nil, true)
+    end)
+  end)
+
+  describe("exit codes", function()
+    it("0: the image is saved", function()
+      local run = dh3(env, "generate", "a quiet harbour", "--out", out .. "/")
+      assert.are.equal(0, run.code, run.err)
+      assert.are.equal(1, #events_of(run, "saved"))
+    end)
+
+    it("1: the task failed, with the service's message on stderr and in the error event", function()
+      local run = dh3(env, "generate", "a castle {emu:fail=Upstream model error}", "--out", out .. "/")
+      assert.are.equal(1, run.code, run.err)
+      local e = events_of(run, "error")[1]
+      assert.are.same({ "task_failed", "Upstream model error", 1 }, { e.kind, e.message, e.index })
+      assert.matches("^dh3: task_failed: Upstream model error %(task " .. e.task_id .. "%)\n$", run.err)
+    end)
+
+    it("2: an unknown flag, with the command's usage", function()
+      local run = dh3(env, "generate", "--colour", "red", "a red door")
+      assert.are.equal(2, run.code)
+      assert.matches("Usage: dh3 generate", run.err, nil, true)
+      assert.matches("unknown option '--colour'", run.err, nil, true)
+      assert.are.equal("", run.out)
+    end)
+
+    it("2: a bad value, no prompt, no command, a malformed id", function()
+      for _, args in ipairs({
+        { "generate", "a red door", "--resolution", "8K" },
+        { "generate", "a red door", "--timeout", "soon" },
+        { "generate" },
+        {},
+        { "status", "../../etc/passwd" },
+      }) do
+        local run = dh3(env, table.unpack(args))
+        assert.are.equal(2, run.code, table.concat(args, " ") .. ": " .. run.err)
+        assert.matches("Error: ", run.err)
+      end
+    end)
+
+    it("2: a prompt the service would refuse is refused before anything is sent", function()
+      local before = emu:stats().creates
+      local run = dh3(env, "generate", "a fine prompt", "hi")
+      assert.are.equal(2, run.code)
+      assert.are.equal(before, emu:stats().creates)
+      local e = events_of(run, "error")
+      assert.are.equal(1, #e)
+      assert.are.same({ "invalid_request", 2 }, { e[1].kind, e[1].index })
+      assert.matches("prompt 2: prompt must be 3 to 20000 characters, got 2", run.err, nil, true)
+    end)
+
+    it("2: no API key", function()
+      local run = dh3({ DH3_BASE_URL = emu.url }, "generate", "a red door")
+      assert.are.equal(2, run.code)
+      assert.matches("DH3_API_KEY", run.err, nil, true)
+    end)
+
+    it("3: a key the service refuses, and the key is printed nowhere", function()
+      local key = "wrong-key-7c1f9e2a55"
+      for _, args in ipairs({ { "generate", "a red door" }, { "status", "0123456789abcdef0123456789abcdef" } }) do
+        local run = dh3({ DH3_API_KEY = key, DH3_BASE_URL = emu.url }, table.unpack(args))
+        assert.are.equal(3, run.code, run.err)
+        assert.matches("dh3: auth: ", run.err, nil, true)
+        assert.is_nil((run.out .. run.err):find(key, 1, true))
+        assert.is_nil((run.out .. run.err):find("7c1f9e2a", 1, true))
+      end
+    end)
+
+    it("3: a network error", function()
+      local run = dh3({ DH3_API_KEY = emu.key, DH3_BASE_URL = "http://127.0.0.1:9" }, "status",
+        "0123456789abcdef0123456789abcdef")
+      assert.are.equal(3, run.code)
+      assert.are.equal("network", events_of(run, "error")[1].kind)
+    end)
+
+    it("4: the task did not end within --timeout, and its id was printed", function()
+      local run = dh3(env, "generate", "a slow glacier {emu:process=5}", "--timeout", "0.3")
+      assert.are.equal(4, run.code, run.err)
+      assert.is_true(run.seconds < 3)
+      local id = events_of(run, "created")[1].task_id
+      local e = events_of(run, "error")[1]
+      assert.are.same({ "timeout", id }, { e.kind, e.task_id })
+    end)
+
+    it("with several tasks the worst wins: 4 over 1 over 0", function()
+      local run = dh3(env, "generate", "a fine lake", "a broken vase {emu:fail}", "--out", out .. "/")
+      assert.are.equal(1, run.code)
+      run = dh3(env, "generate", "a fine lake", "a broken vase {emu:fail}", "a slow glacier {emu:process=5}",
+        "--timeout", "1.5", "--out", out .. "/")
+      assert.are.equal(4, run.code)
+      assert.are.equal(1, #events_of(run, "saved"))
+    end)
+  end)
+
+  describe("--json through a pipe", function()
+    it("prints created, state and saved events, and the file has the size the service announced", function()
+      local run = dh3(env, "generate", "a lighthouse at dawn", "--aspect-ratio", "16:9", "--out", out .. "/json.png",
+        "--json")
+      assert.are.equal(0, run.code, run.err)
+      assert.are.equal("", run.err)
+      assert.matches("^created state[ state]* saved$", names(run))
+      local created, saved = run.events[1], run.events[#run.events]
+      assert.are.same({ 1, "a lighthouse at dawn", "queuing" }, { created.index, created.prompt, created.state })
+      assert.are.equal("success", run.events[#run.events - 1].state)
+      for _, e in ipairs(run.events) do assert.are.equal(created.task_id, e.task_id) end
+      assert.are.same({ out .. "/json.png", 1376, 768 }, { saved.path, saved.width, saved.height })
+      assert.are.equal(saved.bytes, #read_file(saved.path))
+      local status = dh3(env, "status", created.task_id)
+      assert.are.equal(saved.bytes, status.events[1].images[1].file_size)
+      assert.are.equal(0, emu:stats().files_with_auth)
+    end)
+
+    it("is the output whenever stdout is not a terminal, even without --json", function()
+      local run = dh3(env, "generate", "--no-wait", "a door")
+      assert.are.equal(0, run.code)
+      assert.are.equal("created", run.events[1].event)
+    end)
+  end)
+
+  describe("several prompts", function()
+    it("run concurrently: three take about the time of one", function()
+      local one = dh3(env, "generate", "a single pear", "--out", out .. "/")
+      assert.are.equal(0, one.code, one.err)
+      local before = emu:stats().creates
+      local three = dh3(env, "generate", "a green pear", "a red apple", "a yellow plum", "--out", out .. "/three")
+      assert.are.equal(0, three.code, three.err)
+      assert.are.equal(before + 3, emu:stats().creates)
+      assert.is_true(three.seconds < one.seconds + 1.0, ("one %.2fs, three %.2fs"):format(one.seconds, three.seconds))
+      local saved = events_of(three, "saved")
+      assert.are.equal(3, #saved)
+      local seen = {}
+      for _, e in ipairs(saved) do
+        assert.matches("^" .. out .. "/three/", e.path)
+        assert.are.equal(e.bytes, #read_file(e.path))
+        seen[e.index] = true
+      end
+      assert.are.same({ true, true, true }, seen)
+    end)
+
+    it("come from --prompts FILE, blank lines and comments skipped, after the arguments", function()
+      local file = out .. "/prompts.txt"
+      local f = assert(io.open(file, "w"))
+      f:write("# a batch\n\na blue whale\n   \n  # indented comment\na grey seal\n")
+      f:close()
+      local run = dh3(env, "generate", "a first prompt", "--prompts", file, "--no-wait")
+      assert.are.equal(0, run.code, run.err)
+      local prompts = {}
+      for _, e in ipairs(events_of(run, "created")) do prompts[e.index] = e.prompt end
+      assert.are.same({ "a first prompt", "a blue whale", "a grey seal" }, prompts)
+      local missing = dh3(env, "generate", "--prompts", out .. "/no-such-file")
+      assert.are.equal(2, missing.code)
+    end)
+  end)
+
+  describe("--no-wait, status, wait and download", function()
+    it("work on the ids that --no-wait printed", function()
+      local start = now()
+      local created = dh3(env, "generate", "--no-wait", "a kite {emu:process=1}", "a drum {emu:process=1}")
+      assert.are.equal(0, created.code, created.err)
+      assert.is_true(now() - start < 0.9, "--no-wait waited")
+      assert.are.equal("created created", names(created))
+      local a, b = created.events[1].task_id, created.events[2].task_id
+
+      local status = dh3(env, "status", a, b)
+      assert.are.equal(0, status.code, status.err)
+      assert.are.equal("state state", names(status))
+      assert.are.same({ a, b }, { status.events[1].task_id, status.events[2].task_id })
+
+      local waited = dh3(env, "wait", a, b)
+      assert.are.equal(0, waited.code, waited.err)
+      assert.matches("success", waited.out)
+      assert.are.equal(0, #events_of(waited, "saved"))
+
+      local dir = out .. "/by-id/"
+      local downloaded = dh3(env, "download", a, "--out", dir)
+      assert.are.equal(0, downloaded.code, downloaded.err)
+      local saved = events_of(downloaded, "saved")[1]
+      assert.are.equal(dir .. a .. ".png", saved.path)
+      assert.are.equal(saved.bytes, #read_file(saved.path))
+
+      status = dh3(env, "status", a)
+      local images = status.events[1].images
+      assert.are.same({ "success", 1024, 1024 }, { status.events[1].state, images[1].width, images[1].height })
+    end)
+
+    it("status of an unknown task exits 3 with kind not_found", function()
+      local run = dh3(env, "status", "0123456789abcdef0123456789abcdef")
+      assert.are.equal(3, run.code)
+      assert.are.equal("not_found", events_of(run, "error")[1].kind)
+    end)
+  end)
+
+  describe("dh3 emulator", function()
+    it("runs the emulator with its own flags and prints its listening line", function()
+      local p = assert(io.popen("echo $$; exec lua5.4 bin/dh3 emulator --host 127.0.0.1 --port 0 --queue-time 0"))
+      local pid = tonumber(p:read("l"))
+      local line = p:read("l")
+      os.execute("kill " .. pid)
+      p:close()
+      assert.matches("^listening on http://127%.0%.0%.1:%d+$", line)
+    end)
+  end)
+end)
+
+describe("the dh3 command in a terminal (tmux)", function()
+  local emu, out, tmux
+  setup(function()
+    emu = emulator.start{ "--queue-time", "1", "--process-time", "2" }
+    out = tmpdir()
+    local stat = read_file("/proc/self/stat")
+    tmux = "tmux -L dh3spec" .. (stat and stat:match("^%d+") or tostring(math.random(1e9)))
+  end)
+  teardown(function()
+    os.execute(tmux .. " kill-server 2>/dev/null")
+    emu:stop()
+    os.execute("rm -rf " .. out)
+  end)
+
+  it("shows each task's state and elapsed time while waiting, then the saved path", function()
+    local words = env_words{ DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url }
+    local cmd = table.concat(words, " ") .. " lua5.4 bin/dh3 generate " .. sh("a lighthouse at dawn") .. " "
+      .. sh("a broken vase {emu:fail}") .. " --out " .. sh(out .. "/") .. "; echo exit=$?; sleep 5"
+    assert(os.execute(("%s new-session -d -x 120 -y 30 -c %s %s"):format(tmux, sh(os.getenv("PWD") or "."), sh(cmd))))
+    local screens, final = {}, nil
+    local deadline = now() + 10
+    while now() < deadline do
+      os.execute("sleep 0.3")
+      local p = io.popen(tmux .. " capture-pane -p")
+      local screen = p:read("a")
+      p:close()
+      screens[#screens + 1] = screen
+      if screen:find("exit=%d") then
+        final = screen
+        break
+      end
+    end
+    assert.is_string(final, screens[#screens])
+    -- while waiting: a row with the task's state and a ticking elapsed time
+    local elapsed = {}
+    for _, screen in ipairs(screens) do
+      local state, seconds = screen:match("%x+%s+(%a+)%s+(%d+%.%d)s%s+a lighthouse at dawn")
+      if state == "queuing" or state == "processing" then elapsed[seconds] = true end
+    end
+    local distinct = 0
+    for _ in pairs(elapsed) do distinct = distinct + 1 end
+    assert.is_true(distinct >= 3, "elapsed time seen: " .. table.concat(screens, "\n----\n"))
+    -- at the end: the saved path of one, the failure of the other (its row and its error line)
+    assert.matches("%x+%s+saved%s+%d+%.%ds%s+" .. out:gsub("%p", "%%%0") .. "/%x+%.png", final)
+    assert.matches("%x+%s+failed%s+%d+%.%ds%s+a broken vase", final)
+    assert.matches("dh3: task_failed: Upstream model error", final, nil, true)
+    assert.matches("exit=1", final, nil, true)
+    -- nothing drawn twice: each task has exactly one row left on the screen
+    local _, rows = final:gsub("a broken vase", "")
+    assert.are.equal(1, rows, final)
+  end)
+end)
+
+describe("dh3.cli.format", function()
+  local format = require "dh3.cli.format"
+  local rows = {
+    { "bytes", format.bytes, { 0 }, "0 B" },
+    { "bytes", format.bytes, { 1023 }, "1023 B" },
+    { "bytes", format.bytes, { 1536 }, "1.5 KiB" },
+    { "bytes", format.bytes, { 5 * 1024 * 1024 }, "5.0 MiB" },
+    { "duration", format.duration, { 0.04 }, "0.0s" },
+    { "duration", format.duration, { 12.34 }, "12.3s" },
+    { "duration", format.duration, { 65 }, "1m05s" },
+    { "duration", format.duration, { 7380 }, "2h03m" },
+    { "bar", format.bar, { 0, 4 }, "[    ]" },
+    { "bar", format.bar, { 0.5, 4 }, "[=>  ]" },
+    { "bar", format.bar, { 1, 4 }, "[====]" },
+    { "bar", format.bar, { 2, 4 }, "[====]" },
+    { "fit", format.fit, { "short", 10 }, "short" },
+    { "fit", format.fit, { "a longer line", 8 }, "a lon..." },
+    { "fit", format.fit, { "été à la plage", 6 }, "été..." },
+    { "fit", format.fit, { "a\27[2Jb\nc", 20 }, "a [2Jb c" },
+    { "fit", format.fit, { "bad \255 byte", 20 }, "bad ? byte" },
+  }
+  for _, row in ipairs(rows) do
+    it(("%s(%s) is %q"):format(row[1], table.concat(row[3], ", "), row[4]), function()
+      assert.are.equal(row[4], row[2](table.unpack(row[3])))
+    end)
+  end
+end)
+
+describe("dh3.cli.exitcode", function()
+  local exitcode = require "dh3.cli.exitcode"
+  it("maps errors to codes", function()
+    local errors = require "dh3.errors"
+    local rows = {
+      { errors.new("task_failed", "x"), 1 },
+      { errors.new("timeout", "x"), 4 },
+      { errors.new("auth", "no API key"), 2 },
+      { errors.new("invalid_request", "prompt"), 2 },
+      { errors.new("auth", "refused", { http_status = 401 }), 3 },
+      { errors.new("invalid_request", "refused", { http_status = 422 }), 3 },
+      { errors.new("network", "x"), 3 },
+      { errors.new("server", "x", { http_status = 503 }), 3 },
+    }
+    for _, row in ipairs(rows) do assert.are.equal(row[2], exitcode.for_error(row[1]), tostring(row[1])) end
+  end)
+
+  it("lets the worst outcome win: 130, 2, 3, 4, 1, 0", function()
+    local order = { 0, 1, 4, 3, 2, 130 }
+    for i, better in ipairs(order) do
+      for j = i, #order do
+        assert.are.equal(order[j], exitcode.worst(better, order[j]))
+        assert.are.equal(order[j], exitcode.worst(order[j], better))
+      end
+    end
+  end)
+end)
+
+describe("dh3.cli.terminal", function()
+  local terminal = require "dh3.cli.terminal"
+  local jobs = require "dh3.cli.jobs"
+
+  -- a file that keeps what is written, and a clock the spec moves
+  local function screen()
+    local s = { text = {} }
+    function s:write(...) for _, v in ipairs({ ... }) do self.text[#self.text + 1] = v end end
+    function s:flush() end
+    function s:get() return table.concat(self.text) end
+    return s
+  end
+
+  it("draws a progress bar with size and speed while downloading, and rewrites rows in place", function()
+    local clock = 100
+    local out, err = screen(), screen()
+    local t = terminal.new{ out = out, err = err, columns = 120, lines = 30, now = function() return clock end }
+    local job = jobs.new(1, { prompt = "a kite" })
+    job.started = 90
+    job.task = { id = ("a"):rep(32) }
+    t:start({ job })
+    job.phase, job.download_started, job.bytes, job.total = "downloading", 98, 1024 * 1024, 4 * 1024 * 1024
+    t:tick()
+    local text = out:get()
+    assert.matches(("a"):rep(32) .. "  downloading  10.0s  [====>               ] 1.0 MiB / 4.0 MiB  512.0 KiB/s",
+      text, nil, true)
+    assert.matches("\27[1A\r\27[K", text, nil, true) -- the second draw went back up one row
+    job.phase, job.ended, job.paths, job.saved_bytes = "saved", 104, { "out/a.png" }, 4 * 1024 * 1024
+    t:finished(job)
+    assert.matches("saved%s+14%.0s  out/a%.png  %(4%.0 MiB%)\n\27%[J$", out:get())
+    assert.are.equal("", err:get())
+  end)
+
+  it("shows as many rows as fit, then how many more", function()
+    local out = screen()
+    local t = terminal.new{ out = out, err = screen(), columns = 80, lines = 5, now = function() return 0 end }
+    local list = {}
+    for i = 1, 10 do list[i] = jobs.new(i, { prompt = "prompt " .. i }) end
+    t:start(list)
+    local text = out:get()
+    assert.matches("prompt 3\n", text, nil, true)
+    assert.is_nil(text:find("prompt 4", 1, true))
+    assert.matches("... and 7 more", text, nil, true)
+  end)
+end)
