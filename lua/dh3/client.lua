@@ -22,6 +22,7 @@ local OPTIONS = {
   api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
   max_retries = "number", retry_delay = "number", create_qps = { "number", "boolean" },
   ca_file = "string", proxy = "string", user_agent = "string", on_request = "function",
+  journal = "string",
 }
 
 local DEFAULTS = { timeout = 60, connect_timeout = 10, max_retries = 3, retry_delay = 0.5 }
@@ -67,6 +68,13 @@ function M.new(opts, version)
       .. errors.sanitize(base_url, 100))
   end
 
+  local journal
+  if opts.journal then
+    local jerr
+    journal, jerr = require("dh3.journal").open(opts.journal)
+    if not journal then return nil, jerr end
+  end
+
   local engine = core.engine{
     user_agent = opts.user_agent or ("dh3-lua/" .. version .. " " .. core.curl_version),
     ca_file = opts.ca_file, proxy = opts.proxy,
@@ -81,6 +89,7 @@ function M.new(opts, version)
     _engine = engine,
     _sched = scheduler.new(engine),
     _pacer = qps and ratelimit.new(qps) or nil,
+    _journal = journal,
     -- built once; the key lives only here and in the engine's outgoing requests
     _headers = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" },
   }, Client)
@@ -174,9 +183,6 @@ function Client:_download(image, path, timeout)
   }
 end
 
--- Called by a task as soon as the service gave it an id (the journal will hook in here).
-function Client:_created(_) end
-
 --- A task: from an input table (created later by task:create) or an existing id (no request made).
 function Client:task(input)
   self:_scheduler()
@@ -249,11 +255,26 @@ function Client:on_error(handler)
   self:_scheduler().on_error = handler
 end
 
+--- After a restart, with a journal: the tasks created but not seen to finish (ready to wait on),
+-- and the creates whose answer never came back (possibly created, id unknown: {local_id, input,
+-- at}), which only the service's support can trace.
+function Client:pending()
+  self:_scheduler()
+  if not self._journal then
+    error("client:pending: this client has no journal (dh3.new{journal = PATH})", 2)
+  end
+  local state = self._journal:pending()
+  local tasks = {}
+  for i, t in ipairs(state.tasks) do tasks[i] = task.new(self, t.task_id, 2) end
+  return tasks, state.unanswered
+end
+
 --- Cancels every transfer and frees the engine. Safe to call more than once.
 function Client:close()
   if self._closed then return end
   self._closed = true
   self._engine:close()
+  if self._journal then self._journal:close() end
   self._headers = nil
 end
 

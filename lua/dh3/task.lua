@@ -46,10 +46,21 @@ function Task:create()
     error(("task:create: this task was already created (%s)"):format(self.id or "in progress"), 2)
   end
   if self._invalid then return nil, self._invalid end
+  local journal = self.client._journal
+  local local_id
+  if journal then
+    -- on disk before the request leaves: a crash from here on leaves a trace of what was paid for
+    local jerr
+    local_id, jerr = journal:intent(self._body)
+    if not local_id then return nil, jerr end
+  end
   self._creating = true
   local doc, err = self.client:_api("POST", contract.CREATE_PATH, nil, self._body, { create = true })
   self._creating = nil
-  if not doc then return nil, err end
+  if not doc then
+    if journal and not err.maybe_created then journal:abandoned(local_id, err.kind) end
+    return nil, err
+  end
   local id = doc.task_id
   if not validate.task_id(id) then
     return nil, errors.new("protocol", ("the answer to create has no usable task_id (got %s); "
@@ -57,7 +68,7 @@ function Task:create()
       { maybe_created = true })
   end
   self.id, self.state = id, "queuing"
-  self.client:_created(self)
+  if journal then journal:created(local_id, id) end
   return self
 end
 
@@ -120,9 +131,12 @@ function Task:_apply(out)
       images[i] = parsed
     end
   end
+  local was_done = self:done()
   self.state = out.status
   self.images = images
   self.error = out.status == "fail" and (type(out.err_msg) == "string" and out.err_msg or "the task failed") or nil
+  local journal = self.client._journal
+  if journal and not was_done and self:done() then journal:finished(self.id, self.state, images) end
   return true
 end
 
