@@ -356,37 +356,67 @@ static int dh3_engine_collect(dh3_engine *e) {
 }
 
 /*
-** engine:perform([timeout]) -> number of transfers still in flight
+** engine:perform([timeout [, fds]]) -> number of transfers still in flight, fds_ready
 ** Performs, moves finished transfers to the done queue, and when nothing finished and
 ** nothing waits for delivery, waits in curl_multi_poll and performs again, until the
 ** deadline. Never blocks longer than timeout (0 = never waits). With no transfers at
 ** all, curl_multi_poll simply sleeps: the Lua layer's sleep. Allocates nothing.
+** fds, optional: an array of file descriptors of the caller's own (a webhook receiver's
+** sockets) to wait on as well, for reading: the wait ends when one is ready (fds_ready is
+** then true), so one wait serves libcurl's transfers and the caller's server together.
 */
+#define DH3_MAX_EXTRA_FDS 256
+
 static int dh3_engine_perform(lua_State *L) {
   dh3_engine *e = dh3_engine_check(L, 1);
   lua_Number timeout = luaL_optnumber(L, 2, 0.0);
+  struct curl_waitfd extra[DH3_MAX_EXTRA_FDS];
+  unsigned int n_extra = 0;
+  int fds_ready = 0;
   double deadline;
   luaL_argcheck(L, timeout == timeout, 2, "timeout is NaN");
+  if (!lua_isnoneornil(L, 3)) {
+    lua_Integer i, n;
+    luaL_checktype(L, 3, LUA_TTABLE);
+    n = (lua_Integer)lua_rawlen(L, 3);
+    luaL_argcheck(L, n <= DH3_MAX_EXTRA_FDS, 3, "too many file descriptors");
+    for (i = 1; i <= n; i++) {
+      int isnum;
+      lua_Integer fd;
+      lua_rawgeti(L, 3, i);
+      fd = lua_tointegerx(L, -1, &isnum);
+      lua_pop(L, 1);
+      luaL_argcheck(L, isnum && fd >= 0 && fd <= INT_MAX, 3, "file descriptors must be integers >= 0");
+      extra[n_extra].fd = (curl_socket_t)fd;
+      extra[n_extra].events = CURL_WAIT_POLLIN;
+      extra[n_extra].revents = 0;
+      n_extra++;
+    }
+  }
   if (timeout < 0) timeout = 0;
   deadline = dh3_core_now() + (double)timeout;
   for (;;) {
     int running = 0;
     double remaining;
     int ms;
+    unsigned int k;
     CURLMcode mc = curl_multi_perform(e->multi, &running);
     if (mc != CURLM_OK)
       return luaL_error(L, "dh3.engine: curl_multi_perform: %s", curl_multi_strerror(mc));
-    if (dh3_engine_collect(e) > 0 || e->n_done > 0 || timeout <= 0) break;
+    if (dh3_engine_collect(e) > 0 || e->n_done > 0 || timeout <= 0 || fds_ready) break;
     remaining = deadline - dh3_core_now();
     if (remaining <= 0) break;
     /* rounded down, so the wait never overshoots; the sub-millisecond rest spins */
     ms = remaining >= (double)(INT_MAX / 1000) ? INT_MAX : (int)(remaining * 1000.0);
-    mc = curl_multi_poll(e->multi, NULL, 0, ms, NULL);
+    mc = curl_multi_poll(e->multi, n_extra > 0 ? extra : NULL, n_extra, ms, NULL);
     if (mc != CURLM_OK)
       return luaL_error(L, "dh3.engine: curl_multi_poll: %s", curl_multi_strerror(mc));
+    for (k = 0; k < n_extra; k++)
+      if (extra[k].revents != 0) fds_ready = 1;
   }
   lua_pushinteger(L, e->n_active);
-  return 1;
+  lua_pushboolean(L, fds_ready);
+  return 2;
 }
 
 /* engine:next_done() -> result, context | nil when the done queue is empty */

@@ -4,6 +4,7 @@ local contract = require "dh3.contract"
 local errors = require "dh3.errors"
 local validate = require "dh3.validate"
 local download = require "dh3.download"
+local output = require "dh3.output"
 local scheduler_cancelled = require("dh3.scheduler").CANCELLED
 
 local M = {}
@@ -15,8 +16,6 @@ Task.__name = "dh3.task"
 function Task:__tostring()
   return ("dh3.task(%s, %s)"):format(self.id or "not created", self.state)
 end
-
-local MAX_IMAGES = 64
 
 function M.is_task(v)
   return getmetatable(v) == Task
@@ -90,54 +89,13 @@ function Task:cancel()
   if token then self.client:_scheduler():cancel(token) end
 end
 
-local function to_integer(v)
-  if math.type(v) == "integer" then return v end
-  if type(v) == "string" and v:match("^%d+$") and #v <= 15 then return math.tointeger(tonumber(v)) end
-  return nil
-end
-
--- The documented ImageFile, typed: sizes as integers, the URL http(s).
-local function parse_image(img, i)
-  if type(img) ~= "table" then return nil, ("images[%d] is not an object"):format(i) end
-  if not contract.is_http_url(img.url) then return nil, ("images[%d].url is not an http(s) URL"):format(i) end
-  local out = { url = img.url }
-  for _, k in ipairs({ "content_type", "file_name" }) do
-    if img[k] ~= nil and type(img[k]) ~= "string" then return nil, ("images[%d].%s is not a string"):format(i, k) end
-    out[k] = img[k]
-  end
-  for _, k in ipairs({ "file_size", "width", "height" }) do
-    out[k] = to_integer(img[k])
-    if not out[k] then return nil, ("images[%d].%s is not a whole number"):format(i, k) end
-  end
-  return out
-end
-
--- Applies a task object (the GET answer's nano_banana_pro_output, or a callback's) to self.
--- Returns true, or nil and what is wrong with it.
-function Task:_apply(out)
-  if type(out) ~= "table" then return nil, "no nano_banana_pro_output object" end
-  if out.task_id ~= nil and out.task_id ~= self.id then return nil, "the answer is about another task" end
-  if not contract.is_state[out.status] then
-    return nil, ("unknown status %s"):format(errors.sanitize(tostring(out.status), 40))
-  end
-  local images
-  if out.status == "success" then
-    if type(out.images) ~= "table" or #out.images == 0 then return nil, "a successful task without images" end
-    if #out.images > MAX_IMAGES then return nil, "too many images" end
-    images = {}
-    for i, img in ipairs(out.images) do
-      local parsed, why = parse_image(img, i)
-      if not parsed then return nil, why end
-      images[i] = parsed
-    end
-  end
+-- Applies a task's reported state (output.parse's result) to self; records a terminal state in
+-- the journal the first time it is seen.
+function Task:_apply(result)
   local was_done = self:done()
-  self.state = out.status
-  self.images = images
-  self.error = out.status == "fail" and (type(out.err_msg) == "string" and out.err_msg or "the task failed") or nil
+  self.state, self.images, self.error = result.state, result.images, result.error
   local journal = self.client._journal
-  if journal and not was_done and self:done() then journal:finished(self.id, self.state, images) end
-  return true
+  if journal and not was_done and self:done() then journal:finished(self.id, self.state, self.images) end
 end
 
 function Task:_check_created(what)
@@ -150,10 +108,14 @@ function Task:status(deadline)
   local doc, err = self.client:_api("GET", contract.GET_PATH, "?task_id=" .. self.id, nil,
     { task_id = self.id, deadline = deadline, token = self:_cancel_token() })
   if not doc then return nil, err end
-  local ok, why = self:_apply(doc.nano_banana_pro_output)
-  if not ok then
+  local result, why = output.parse(doc.nano_banana_pro_output)
+  if result and result.task_id ~= nil and result.task_id ~= self.id then
+    result, why = nil, "the answer is about another task"
+  end
+  if not result then
     return nil, errors.new("protocol", "status answer: " .. why, { task_id = self.id })
   end
+  self:_apply(result)
   return self.state
 end
 
