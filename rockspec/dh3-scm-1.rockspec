@@ -32,6 +32,7 @@ build = {
     },
     ["dh3"] = "lua/dh3/init.lua",
     ["dh3.cli"] = "lua/dh3/cli.lua",
+    ["dh3.cli.destination"] = "lua/dh3/cli/destination.lua",
     ["dh3.cli.exitcode"] = "lua/dh3/cli/exitcode.lua",
     ["dh3.cli.format"] = "lua/dh3/cli/format.lua",
     ["dh3.cli.jobs"] = "lua/dh3/cli/jobs.lua",

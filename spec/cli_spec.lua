@@ -320,6 +320,7 @@ end)
 describe("the dh3 command in a terminal (tmux)", function()
   local emu, out, tmux
   setup(function()
+    assert(os.execute("command -v tmux >/dev/null"), "this spec needs tmux (Debian package tmux)")
     emu = emulator.start{ "--queue-time", "1", "--process-time", "2" }
     out = tmpdir()
     local stat = read_file("/proc/self/stat")
@@ -469,5 +470,42 @@ describe("dh3.cli.terminal", function()
     assert.matches("prompt 3\n", text, nil, true)
     assert.is_nil(text:find("prompt 4", 1, true))
     assert.matches("... and 7 more", text, nil, true)
+  end)
+end)
+
+describe("dh3.cli.destination", function()
+  local destination = require "dh3.cli.destination"
+  local dir
+  before_each(function() dir = tmpdir() end)
+  after_each(function() os.execute("rm -rf " .. dir) end)
+
+  local function task(id, name)
+    return { id = id, images = { { file_name = name, content_type = "image/png" } } }
+  end
+
+  it("keeps a single task's file path as it is", function()
+    local dest = assert(destination.new(dir .. "/one.png", false))
+    assert.are.equal(dir .. "/one.png", dest(task("a1", "result.png")))
+  end)
+
+  it("makes --out a folder, created when missing, for several tasks", function()
+    local dest = assert(destination.new(dir .. "/made/here", true))
+    assert.are.equal(dir .. "/made/here/", dest(task("a1", "a1.png")))
+    assert.is_true(require("dh3.download").is_directory(dir .. "/made/here"))
+  end)
+
+  it("names a task after its id when another task of the run took its file name", function()
+    local dest = assert(destination.new(dir .. "/", true))
+    assert.are.equal(dir .. "/", dest(task("a1", "result.png")))
+    assert.are.equal(dir .. "/b2.png", dest(task("b2", "result.png")))
+    assert.are.equal(dir .. "/", dest(task("c3", "other.png")))
+  end)
+
+  it("says so when the folder cannot be made", function()
+    local file = dir .. "/a-file"
+    assert(io.open(file, "w")):close()
+    local dest, err = destination.new(file .. "/sub/", true)
+    assert.is_nil(dest)
+    assert.matches("cannot create the folder", err)
   end)
 end)

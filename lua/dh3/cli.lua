@@ -5,12 +5,6 @@ local exitcode = require "dh3.cli.exitcode"
 
 local M = {}
 
-M.EXIT = exitcode
-
-local function shell_quote(s)
-  return "'" .. s:gsub("'", [['\'']]) .. "'"
-end
-
 -- argparse reports a mistake by calling its parser's `error`, which prints and exits 1; ours
 -- raises this instead, so that main prints the usage of the (sub)command at fault and returns 2.
 local Usage = {}
@@ -25,9 +19,9 @@ local function report_usage(u)
   return exitcode.USAGE
 end
 
---- The prompts of a --prompts file ("-": stdin): one a line, blank lines and # comments skipped.
+-- The prompts of a --prompts file ("-": stdin): one a line, blank lines and # comments skipped.
 -- Returns the list, or nil, message.
-function M.read_prompts(path)
+local function read_prompts(path)
   local f, err = path == "-" and io.stdin or io.open(path, "r")
   if not f then return nil, err end
   local prompts = {}
@@ -37,41 +31,6 @@ function M.read_prompts(path)
   end
   if f ~= io.stdin then f:close() end
   return prompts
-end
-
--- The folder part of --out, created when missing, for runs that save into a folder.
-local function ensure_folder(dir)
-  local download = require "dh3.download"
-  if download.is_directory(dir) then return true end
-  if os.execute("mkdir -p -- " .. shell_quote(dir)) and download.is_directory(dir) then return true end
-  return nil, "cannot create the folder " .. dir
-end
-
--- Where a job saves its images. With one job --out keeps the library's meaning (a folder when
--- it exists or ends in /, else a file path); with several it is a folder. In a folder the
--- service's file names are used, unless two tasks of this run were given the same one: then the
--- later one is named after its task id, so no image of the run overwrites another.
-local function destinations(out, several)
-  local download = require "dh3.download"
-  local as_folder = several or out:sub(-1) == "/" or download.is_directory(out)
-  if as_folder then
-    local ok, err = ensure_folder(out)
-    if not ok then return nil, err end
-  end
-  local claimed = {}
-  return function(job)
-    if not as_folder then return out end
-    local task = job.task
-    local planned = download.plan(task.id, task.images, out .. "/")
-    for _, path in ipairs(planned) do
-      if claimed[path] then
-        local ext = path:match("%.([%w]+)$") or "img"
-        return (out:gsub("/+$", "")) .. "/" .. task.id .. "." .. ext
-      end
-    end
-    for _, path in ipairs(planned) do claimed[path] = true end
-    return out:sub(-1) == "/" and out or out .. "/"
-  end
 end
 
 -- What `status` shows after the state on a terminal.
@@ -99,7 +58,7 @@ local function prompt_jobs(args, command)
   local prompts = {}
   for _, p in ipairs(args.prompt) do prompts[#prompts + 1] = p end
   if args.prompts then
-    local from_file, err = M.read_prompts(args.prompts)
+    local from_file, err = read_prompts(args.prompts)
     if not from_file then usage_error(command, "cannot read --prompts: " .. tostring(err)) end
     for _, p in ipairs(from_file) do prompts[#prompts + 1] = p end
   end
@@ -160,16 +119,16 @@ local function execute(args, command)
     jobs = id_jobs(args, command)
     plan.status_only = args.command == "status"
   end
-  if args.out and not plan.no_wait then
-    local dest, err = destinations(args.out, #(jobs or refused) > 1)
-    if not dest then usage_error(command, err) end
-    plan.dest = dest
-  end
   local reporter, redraw = new_reporter(args.json)
   if refused then
     for _, r in ipairs(refused) do reporter:error(r.err, r.job) end
     reporter:close()
     return exitcode.USAGE
+  end
+  if args.out and not plan.no_wait then
+    local dest, err = require("dh3.cli.destination").new(args.out, #jobs > 1)
+    if not dest then usage_error(command, err) end
+    plan.dest = dest
   end
   local client, err = require("dh3").new{}
   if not client then

@@ -31,11 +31,11 @@ local function fail(job, reporter, err)
   reporter:error(err, job)
 end
 
--- Saves the images of a successful task. `dest(job)` picks the destination.
+-- Saves the images of a successful task where `plan.dest(task)` says.
 local function download(job, plan, reporter)
   local task = job.task
   job.phase, job.bytes, job.total, job.download_started = "downloading", 0, 0, core.now()
-  local paths, err = task:download(plan.dest(job), { progress = function(_, bytes, total)
+  local paths, err = task:download(plan.dest(task), { progress = function(_, bytes, total)
     job.bytes, job.total = bytes, total
     reporter:progress(job)
   end })
@@ -89,7 +89,7 @@ local function run_job(client, job, plan, reporter)
 end
 
 --- Runs every job concurrently on `client` and returns the worst exit code.
--- plan: no_wait, status_only, timeout, dest (function(job) -> path; nil: do not download),
+-- plan: no_wait, status_only, timeout, dest (function(task) -> path; nil: do not download),
 -- summary (function(task) -> text, for status).
 -- The reporter gets start(jobs), created/state/progress/saved/error(err, job)/finished(job),
 -- and tick() every dh3.cli.terminal.REDRAW seconds when it has one.
