@@ -151,6 +151,7 @@ static const luaL_Reg dh3_core_functions[] = {
   {"now", dh3_core_now_l},
   {"parse_http_date", dh3_core_parse_http_date},
   {"engine", dh3_engine_new},
+  {"journal", dh3_journal_new},
   {NULL, NULL}
 };
 
@@ -160,6 +161,7 @@ __attribute__((visibility("default"))) int luaopen_dh3_core(lua_State *L) {
   if (!dh3_core_global_init()) return luaL_error(L, "dh3.core: curl_global_init failed");
   dh3_engine_open(L);
   dh3_request_open(L);
+  dh3_journal_open(L);
   luaL_newlib(L, dh3_core_functions);
   lua_pushliteral(L, DH3_VERSION);
   lua_setfield(L, -2, "VERSION");

@@ -8,6 +8,7 @@
 **   request.c  "dh3.request": one transfer (options, callbacks, memory body or
 **              streamed temp file, the result facts)
 **   json.c     the JSON bridge over a private lua-cjson instance
+**   journal.c  "dh3.journal_file": the journal's lock, durable appends, atomic rewrite
 **
 ** Only luaopen_dh3_core is exported; everything here has hidden visibility.
 */
@@ -31,6 +32,7 @@
 #define DH3_VERSION "0.1.0"
 #define DH3_ENGINE_MT "dh3.engine"
 #define DH3_REQUEST_MT "dh3.request"
+#define DH3_JOURNAL_MT "dh3.journal_file"
 
 #define DH3_DEFAULT_MAX_BODY ((size_t)4 * 1024 * 1024)
 #define DH3_DEFAULT_MAX_CONNECTIONS 64L
@@ -132,5 +134,9 @@ void dh3_request_delivered(dh3_request *req);
 
 /* json.c */
 void dh3_json_open(lua_State *L);
+
+/* journal.c */
+void dh3_journal_open(lua_State *L);
+int dh3_journal_new(lua_State *L);
 
 #endif
