@@ -90,6 +90,7 @@ function M.new(opts, version)
     _sched = scheduler.new(engine),
     _pacer = qps and ratelimit.new(qps) or nil,
     _journal = journal,
+    _tasks = setmetatable({}, { __mode = "v" }), -- [task id] = task, for webhook deliveries
     -- built once; the key lives only here and in the engine's outgoing requests
     _headers = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" },
   }, Client)
@@ -255,6 +256,39 @@ function Client:on_error(handler)
   self:_scheduler().on_error = handler
 end
 
+--- Starts a webhook receiver on this client's own engine (served by update()/run() and every
+-- blocking call, like everything else): it answers 200 at once and resolves the matching task, so
+-- its wait returns and its callbacks fire. Only POST to its path is accepted; by default the path
+-- ends in an unguessable secret segment, and creates get its URL as callback_url automatically.
+-- opts: host ("127.0.0.1"), port (0: a free one), path ("/dh3/callback"), secret (true),
+-- public_url (what the service must call, when it differs), max_body (64 KiB), attach (true),
+-- store (the de-duplicator's store: an object with add(key) -> true when new).
+-- Returns the listener (listener.url, listener:port(), listener.counts, listener:close()).
+function Client:listen(opts)
+  local sched = self:_scheduler()
+  if self._listener then error("client:listen: this client already listens", 2) end
+  local listener, err = require("dh3.webhook").listen(self, opts, 3)
+  if not listener then return nil, err end
+  self._listener = listener
+  sched:add_source(listener)
+  return listener
+end
+
+function Client:_unlisten(listener)
+  if self._listener == listener then self._listener = nil end
+  self._sched:remove_source(listener)
+end
+
+-- A delivery reached the receiver: trusted (it came to the secret path) it settles the task at
+-- once; otherwise it only makes the task's waiter read the task now.
+function Client:_delivered(result, trusted)
+  local t = self._tasks[result.task_id]
+  if not t then return end
+  if trusted then t:_apply(result) end
+  local token = t._token
+  if token then self._sched:wake(token) end
+end
+
 --- After a restart, with a journal: the tasks created but not seen to finish (ready to wait on),
 -- and the creates whose answer never came back (possibly created, id unknown: {local_id, input,
 -- at}), which only the service's support can trace.
@@ -273,6 +307,7 @@ end
 function Client:close()
   if self._closed then return end
   self._closed = true
+  if self._listener then self._listener:close() end
   self._engine:close()
   if self._journal then self._journal:close() end
   self._headers = nil

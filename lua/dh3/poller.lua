@@ -39,7 +39,7 @@ function Group:_finish(e, err)
   if err then self.errs[e.index] = err end
   local done = self.done
   done[#done + 1] = e.index
-  if e.task._token then e.task._token.on_cancel = nil end
+  if e.task._token then e.task._token.on_cancel, e.task._token.on_wake = nil, nil end
   if self.on_done then self:_callback(self.on_done, e.task, err) end
   self.sched:set_event(self.event)
 end
@@ -49,6 +49,33 @@ local function outcome(task)
     return errors.new("task_failed", task.error, { task_id = task.id })
   end
   return nil
+end
+
+-- Reacts to the task's state as it now stands (after a poll, or a webhook delivery): on_update on
+-- a change, and the end when it is done. True when the task ended.
+function Group:_observe(e)
+  local task = e.task
+  if e.finished then return true end
+  if task.state ~= e.seen then
+    e.seen, e.delay = task.state, (self:_interval(task))
+    if self.on_update then self:_callback(self.on_update, task) end
+  end
+  if task:done() then
+    self:_finish(e, outcome(task))
+    return true
+  end
+  return false
+end
+
+-- A task whose result will be pushed to a callback is polled slowly: only a lost delivery needs it.
+local CALLBACK_INTERVAL, CALLBACK_MAX_INTERVAL = 15, 60
+
+-- The first and the longest interval between polls of `task`.
+function Group:_interval(task)
+  if task._callback and not self.explicit_interval then
+    return math.max(self.interval, CALLBACK_INTERVAL), math.max(self.max_interval, CALLBACK_MAX_INTERVAL)
+  end
+  return self.interval, self.max_interval
 end
 
 function Group:_poll(e)
@@ -63,13 +90,9 @@ function Group:_poll(e)
     end
     return self:_finish(e, err)
   end
-  if state ~= e.seen then
-    e.seen, e.delay = state, self.interval
-    if self.on_update then self:_callback(self.on_update, task) end
-  end
-  if task:done() then return self:_finish(e, outcome(task)) end
+  if self:_observe(e) then return end
   e.at = core.now() + e.delay
-  e.delay = math.min(e.delay * GROWTH, self.max_interval)
+  e.delay = math.min(e.delay * GROWTH, select(2, self:_interval(task)))
   push(self.heap, e)
 end
 
@@ -122,6 +145,7 @@ function M.watch(client, tasks, opts, level)
     remaining = #tasks, event = scheduler.event(),
     timeout = timeout, deadline = core.now() + timeout,
     interval = interval, max_interval = math.max(interval, opts.max_interval or M.DEFAULTS.max_interval),
+    explicit_interval = opts.interval ~= nil,
     on_update = opts.on_update, on_done = opts.on_done,
   }, Group)
   local now = core.now()
@@ -130,13 +154,15 @@ function M.watch(client, tasks, opts, level)
       error(("watch: item %d is not a task of this client"):format(i), level)
     end
     if not task.id then error(("watch: task %d has not been created"):format(i), level) end
-    local e = { task = task, index = i, delay = interval, seen = task.state, at = now + math.random() * interval }
+    local delay = (self:_interval(task))
+    local e = { task = task, index = i, delay = delay, seen = task.state, at = now + math.random() * delay }
     if task:done() then
       self:_finish(e, outcome(task))
     else
       local token = task:_cancel_token()
       token.cancelled = false
       token.on_cancel = function() self:_finish(e, errors.cancelled(task.id)) end
+      token.on_wake = function() self:_observe(e) end
       push(self.heap, e)
     end
   end
@@ -176,10 +202,10 @@ function Group:stop()
   if self.stopped then return end
   self.stopped = true
   for _, e in ipairs(self.heap) do
-    if e.task._token then e.task._token.on_cancel = nil end
+    if e.task._token then e.task._token.on_cancel, e.task._token.on_wake = nil, nil end
   end
   for e in pairs(self.polling) do
-    e.task._token.on_cancel = nil
+    e.task._token.on_cancel, e.task._token.on_wake = nil, nil
     self.sched:cancel(e.task._token)
   end
   for _, token in ipairs(self.worker_tokens) do

@@ -35,6 +35,8 @@ function M.new(engine)
     finished = {},  -- [request] = result, for requests a blocking caller is waiting on
     timers = {},    -- a heap (dh3.heap) of {at, co}
     ready = {},     -- coroutines that yielded on their own, resumed on the next step
+    sources = {},   -- I/O of our own (a webhook receiver): objects with wait_set() and step(0)
+    source_fds = {},
     progress = {},  -- [request] = function(bytes, total), called when bytes change
     progress_seen = {}, -- [request] = bytes at the last call
     on_error = default_error_handler,
@@ -88,7 +90,22 @@ end
 --- One turn of the loop: transfers (waiting at most `wait` seconds), completions, due timers.
 function Scheduler:step(wait)
   local engine = self.engine
-  engine:perform(wait)
+  local sources = self.sources
+  if sources[1] then
+    -- one wait for libcurl's sockets and ours: curl_multi_poll watches both
+    local fds = self.source_fds
+    local n = 0
+    for _, src in ipairs(sources) do
+      local set, limit = src:wait_set()
+      for _, fd in ipairs(set) do n = n + 1; fds[n] = fd end
+      if limit and limit < wait then wait = limit end
+    end
+    for i = #fds, n + 1, -1 do fds[i] = nil end
+    engine:perform(wait, fds)
+    for _, src in ipairs(sources) do src:step(0) end
+  else
+    engine:perform(wait)
+  end
   while true do
     local res = engine:next_done()
     if not res then break end
@@ -151,7 +168,7 @@ function Scheduler:sleep(seconds, token)
     if token then token.timer = nil end
     return
   end
-  while not (token and token.cancelled) do
+  while not (token and (token.cancelled or token.woken)) do
     local left = at - core.now()
     if left <= 0 then return end
     self:step(self:_wait_limit(left))
@@ -181,6 +198,30 @@ function Scheduler:cancel(token)
     self:_resume(timer.co)
   end
   if token.on_cancel then token.on_cancel() end
+end
+
+--- Ends the sleep of the owner of `token` early without cancelling anything (news arrived: a
+-- webhook delivery), and runs token.on_wake(), if set. The owner sees token.woken.
+function Scheduler:wake(token)
+  token.woken = true
+  local timer = token.timer
+  if timer then
+    token.timer = nil
+    timer.cancelled = true
+    self:_resume(timer.co)
+  end
+  if token.on_wake then token.on_wake() end
+end
+
+--- Adds an I/O source driven by this loop (see step); remove_source takes it out.
+function Scheduler:add_source(src)
+  self.sources[#self.sources + 1] = src
+end
+
+function Scheduler:remove_source(src)
+  for i, s in ipairs(self.sources) do
+    if s == src then table.remove(self.sources, i) return end
+  end
 end
 
 --- Calls fn(bytes, total) from the loop whenever `req` has received more bytes; nil stops it.

@@ -30,6 +30,7 @@ function M.new(client, input, level)
       error(("client:task: '%s' is not a task id"):format(errors.sanitize(input, 80)), level)
     end
     self.id, self.state = input, "unknown"
+    client._tasks[input] = self
   elseif type(input) == "table" then
     self.state = "new"
     self._body, self._invalid = validate.task_input(input, level + 1)
@@ -45,6 +46,11 @@ function Task:create()
     error(("task:create: this task was already created (%s)"):format(self.id or "in progress"), 2)
   end
   if self._invalid then return nil, self._invalid end
+  local listener = self.client._listener
+  if listener and listener.attach and not self._body.callback_url then
+    self._body.callback_url = listener.url
+  end
+  self._callback = self._body.callback_url ~= nil
   local journal = self.client._journal
   local local_id
   if journal then
@@ -67,6 +73,7 @@ function Task:create()
       { maybe_created = true })
   end
   self.id, self.state = id, "queuing"
+  self.client._tasks[id] = self
   if journal then journal:created(local_id, id) end
   return self
 end
@@ -125,6 +132,7 @@ end
 
 local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "number", on_update = "function" }
 local DEFAULT_WAIT = { timeout = 600, interval = 1, max_interval = 10 }
+local CALLBACK_WAIT = { interval = 15, max_interval = 60 }
 local GROWTH = 1.5 -- each unchanged poll waits this much longer, up to max_interval
 
 --- Polls until the task ends. Returns the task on success; nil, err on fail ("task_failed") or
@@ -134,8 +142,10 @@ function Task:wait(opts)
   validate.check_table("task:wait", opts, WAIT_OPTIONS, 3)
   self:_check_created("wait")
   local timeout = opts.timeout or DEFAULT_WAIT.timeout
-  local interval = opts.interval or DEFAULT_WAIT.interval
-  local max_interval = math.max(interval, opts.max_interval or DEFAULT_WAIT.max_interval)
+  -- with a callback coming, polling is only the fallback for a lost delivery: slow by default
+  local defaults = self._callback and CALLBACK_WAIT or DEFAULT_WAIT
+  local interval = opts.interval or defaults.interval
+  local max_interval = math.max(interval, opts.max_interval or defaults.max_interval)
   local deadline = core.now() + timeout
   local delay = interval
   local seen = self.state
@@ -161,6 +171,7 @@ function Task:wait(opts)
     end
     local left = deadline - core.now()
     if left <= 0 then break end
+    token.woken = false
     scheduler:sleep(math.min(delay, left), token)
     if token.cancelled then return nil, errors.cancelled(self.id) end
     delay = math.min(delay * GROWTH, max_interval)

@@ -223,6 +223,24 @@ local function fire_timers(self, now)
   end
 end
 
+--- What a host that waits in its own poll (the client's engine, through curl_multi_poll) needs in
+-- order to wait for this loop too: fills `into` with the descriptors waiting to be read, and
+-- returns it with the longest the host may wait (0 when something is ready or waits to write,
+-- nil when only sockets matter). The host calls step(0) after its wait.
+function Loop:wait_set(into)
+  local n = 0
+  for sock in pairs(self.readers) do
+    n = n + 1
+    into[n] = sock:getfd()
+  end
+  for i = #into, n + 1, -1 do into[i] = nil end
+  if #self.ready > 0 or next(self.writers) then return into, 0 end
+  local h = self.timers
+  while h[1] and h[1].done do pop_timer(self) end
+  if h[1] then return into, math.max(0, h[1].at - self:now()) end
+  return into, nil
+end
+
 --- One turn: runs what is ready, does at most one select (waiting at most timeout seconds, less
 -- when a timer is due sooner), then runs what it woke. Returns the number of live coroutines.
 function Loop:step(timeout)
