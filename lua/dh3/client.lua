@@ -260,7 +260,8 @@ end
 -- blocking call, like everything else): it answers 200 at once and resolves the matching task, so
 -- its wait returns and its callbacks fire. Only POST to its path is accepted; by default the path
 -- ends in an unguessable secret segment, and creates get its URL as callback_url automatically.
--- opts: host ("127.0.0.1"), port (0: a free one), path ("/dh3/callback"), secret (true),
+-- opts: host ("127.0.0.1"), port (0: a free one), path ("/dh3/callback"), secret (true: a random
+-- one; a string: that one, to keep the URL across restarts; false: none, deliveries are hints),
 -- public_url (what the service must call, when it differs), max_body (64 KiB), attach (true),
 -- store (the de-duplicator's store: an object with add(key) -> true when new).
 -- Returns the listener (listener.url, listener:port(), listener.counts, listener:close()).

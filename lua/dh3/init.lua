@@ -18,4 +18,7 @@ end
 --- True when v is an error returned by dh3.
 M.is_error = errors.is_error
 
+--- Callbacks: dh3.webhook.parse(body), dh3.webhook.deduplicator([store]).
+M.webhook = require "dh3.webhook"
+
 return M

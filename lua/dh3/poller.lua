@@ -78,7 +78,21 @@ function Group:_interval(task)
   return self.interval, self.max_interval
 end
 
-function Group:_poll(e)
+-- News of the task came (a webhook delivery): settle it if it ended, or else read it soon through
+-- a stand-in entry (the task's own entry stays where it is in the heap).
+function Group:_news(e)
+  if self:_observe(e) or e.urgent or self.polling[e] then return end
+  e.urgent = true
+  push(self.heap, { at = core.now(), stand_in_for = e })
+  if self.worker_tokens then
+    for _, token in ipairs(self.worker_tokens) do
+      if token.timer then return self.sched:wake(token) end -- one sleeping worker takes it now
+    end
+  end
+end
+
+-- One status read of entry e; it goes back into the heap unless it ended (or `once`).
+function Group:_poll(e, once)
   local task = e.task
   self.polling[e] = true
   local state, err = task:status(self.deadline)
@@ -90,7 +104,7 @@ function Group:_poll(e)
     end
     return self:_finish(e, err)
   end
-  if self:_observe(e) then return end
+  if self:_observe(e) or once then return end
   e.at = core.now() + e.delay
   e.delay = math.min(e.delay * GROWTH, select(2, self:_interval(task)))
   push(self.heap, e)
@@ -100,8 +114,10 @@ function Group:_expire()
   local heap = self.heap
   while heap[1] do
     local e = pop(heap)
-    self:_finish(e, errors.new("timeout", ("the task did not finish within %gs; it is still valid")
-      :format(self.timeout), { task_id = e.task.id }))
+    if not e.stand_in_for then
+      self:_finish(e, errors.new("timeout", ("the task did not finish within %gs; it is still valid")
+        :format(self.timeout), { task_id = e.task.id }))
+    end
   end
 end
 
@@ -117,9 +133,17 @@ function Group:_worker(token)
     if e.finished then
       pop(heap)
     elseif e.at > now then
+      token.woken = false
       sched:sleep(math.min(e.at, self.deadline) - now, token)
     else
-      self:_poll(pop(heap))
+      pop(heap)
+      local real = e.stand_in_for
+      if not real then
+        self:_poll(e)
+      else
+        real.urgent = nil
+        if not (real.finished or self.polling[real]) then self:_poll(real, true) end
+      end
     end
   end
 end
@@ -162,7 +186,7 @@ function M.watch(client, tasks, opts, level)
       local token = task:_cancel_token()
       token.cancelled = false
       token.on_cancel = function() self:_finish(e, errors.cancelled(task.id)) end
-      token.on_wake = function() self:_observe(e) end
+      token.on_wake = function() self:_news(e) end
       push(self.heap, e)
     end
   end
@@ -202,7 +226,8 @@ function Group:stop()
   if self.stopped then return end
   self.stopped = true
   for _, e in ipairs(self.heap) do
-    if e.task._token then e.task._token.on_cancel, e.task._token.on_wake = nil, nil end
+    local token = e.task and e.task._token -- stand-ins have no task
+    if token then token.on_cancel, token.on_wake = nil, nil end
   end
   for e in pairs(self.polling) do
     e.task._token.on_cancel, e.task._token.on_wake = nil, nil

@@ -67,7 +67,7 @@ local Listener = {}
 Listener.__index = Listener
 
 local LISTEN_OPTIONS = {
-  host = "string", port = "number", path = "string", secret = "boolean", public_url = "string",
+  host = "string", port = "number", path = "string", secret = { "boolean", "string" }, public_url = "string",
   max_body = "number", attach = "boolean", store = "table",
 }
 
@@ -82,6 +82,12 @@ function M.listen(client, opts, level)
   if path:sub(1, 1) ~= "/" or path:find("[%s?#]") then
     error("listen: path must start with / and hold no spaces, ? or #", level)
   end
+  local secret = opts.secret
+  if secret == nil or secret == true then
+    secret = random_hex(16)
+  elseif secret and not secret:match("^[%w_%-]+$") or secret and #secret < 16 then
+    error("listen: a secret must be at least 16 letters, digits, - or _", level)
+  end
   local ok, server = pcall(require, "dh3.emulator.server")
   if not ok then
     return nil, errors.new("invalid_request", "the webhook receiver needs luasocket (Debian: lua-socket): "
@@ -89,8 +95,8 @@ function M.listen(client, opts, level)
   end
   local self = setmetatable({
     client = client,
-    path = path:gsub("/+$", "") .. (opts.secret ~= false and ("/" .. random_hex(16)) or ""),
-    trusted = opts.secret ~= false,
+    path = path:gsub("/+$", "") .. (secret and ("/" .. secret) or ""),
+    trusted = secret ~= false,
     dedup = M.deduplicator(opts.store),
     attach = opts.attach ~= false,
     counts = { received = 0, accepted = 0, duplicates = 0, refused = 0, not_found = 0 },
