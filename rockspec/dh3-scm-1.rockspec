@@ -62,12 +62,14 @@ build = {
     ["dh3.errors"] = "lua/dh3/errors.lua",
     ["dh3.heap"] = "lua/dh3/heap.lua",
     ["dh3.journal"] = "lua/dh3/journal.lua",
+    ["dh3.output"] = "lua/dh3/output.lua",
     ["dh3.poller"] = "lua/dh3/poller.lua",
     ["dh3.ratelimit"] = "lua/dh3/ratelimit.lua",
     ["dh3.retry"] = "lua/dh3/retry.lua",
     ["dh3.scheduler"] = "lua/dh3/scheduler.lua",
     ["dh3.task"] = "lua/dh3/task.lua",
     ["dh3.validate"] = "lua/dh3/validate.lua",
+    ["dh3.webhook"] = "lua/dh3/webhook.lua",
   },
   install = {
     bin = {
