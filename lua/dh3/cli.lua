@@ -1,7 +1,15 @@
 -- The dh3 command line (bin/dh3): turns arguments into jobs (dh3.cli.jobs) run concurrently on one
 -- client, shown live on a terminal (dh3.cli.terminal) or as JSON lines (dh3.cli.jsonlines).
 -- Grammar and help in dh3.cli.parser; exit codes in dh3.cli.exitcode.
+local dh3 = require "dh3"
+local validate = require "dh3.validate"
 local exitcode = require "dh3.cli.exitcode"
+local parser_mod = require "dh3.cli.parser"
+local jobs_mod = require "dh3.cli.jobs"
+local destination = require "dh3.cli.destination"
+local format = require "dh3.cli.format"
+local terminal = require "dh3.cli.terminal"
+local jsonlines = require "dh3.cli.jsonlines"
 
 local M = {}
 
@@ -13,8 +21,11 @@ local function usage_error(p, message)
   error(setmetatable({ parser = p, message = message }, Usage), 0)
 end
 
-local function report_usage(u)
-  local name = u.parser._name == "dh3" and "dh3" or "dh3 " .. u.parser._name
+local function report_usage(u, commands)
+  local name = "dh3"
+  for command_name, command in pairs(commands) do
+    if command == u.parser then name = "dh3 " .. command_name end
+  end
   io.stderr:write(u.parser:get_usage(), "\n\nError: ", u.message, "\nRun '", name, " --help' for more.\n")
   return exitcode.USAGE
 end
@@ -40,15 +51,14 @@ local function summary(task)
   local parts = {}
   for _, img in ipairs(task.images) do
     parts[#parts + 1] = ("%dx%d %s %s %s"):format(img.width, img.height, img.content_type or "?",
-      require("dh3.cli.format").bytes(img.file_size), img.url)
+      format.bytes(img.file_size), img.url)
   end
   return table.concat(parts, "; ")
 end
 
+-- JSON lines unless a person is watching a terminal; the redraw period when one is.
 local function new_reporter(json)
-  if json then return require("dh3.cli.jsonlines").new(), nil end
-  local terminal = require "dh3.cli.terminal"
-  if not terminal.is_terminal() then return require("dh3.cli.jsonlines").new(), nil end
+  if json or not terminal.is_terminal() then return jsonlines.new(), nil end
   return terminal.new(), terminal.REDRAW
 end
 
@@ -63,8 +73,6 @@ local function prompt_jobs(args, command)
     for _, p in ipairs(from_file) do prompts[#prompts + 1] = p end
   end
   if #prompts == 0 then usage_error(command, "no prompt: give PROMPT arguments or --prompts FILE") end
-  local validate = require "dh3.validate"
-  local jobs_mod = require "dh3.cli.jobs"
   local jobs, refused = {}, {}
   for i, prompt in ipairs(prompts) do
     local input = {
@@ -72,20 +80,18 @@ local function prompt_jobs(args, command)
       output_format = args.format, callback_url = args.callback_url,
       image_urls = #args.image > 0 and args.image or nil,
     }
+    jobs[i] = jobs_mod.new(i, { prompt = prompt, input = input })
     local _, err = validate.task_input(input, 1)
     if err then
       err.message = ("prompt %d: %s"):format(i, err.message)
-      refused[#refused + 1] = { err = err, job = jobs_mod.new(i, { prompt = prompt }) }
+      refused[#refused + 1] = { err = err, job = jobs[i] }
     end
-    jobs[i] = jobs_mod.new(i, { prompt = prompt, input = input })
   end
   if #refused > 0 then return nil, refused end
   return jobs
 end
 
 local function id_jobs(args, command)
-  local validate = require "dh3.validate"
-  local jobs_mod = require "dh3.cli.jobs"
   local jobs = {}
   for i, id in ipairs(args.id) do
     if not validate.task_id(id) then usage_error(command, ("not a task id: '%s'"):format(id)) end
@@ -96,7 +102,7 @@ end
 
 -- Runs the jobs; Ctrl-C ends the run, with the ids still at work said, so no paid task is lost.
 local function run(client, jobs, plan, reporter, redraw)
-  local ok, code = pcall(require("dh3.cli.jobs").run, client, jobs, plan, reporter, redraw)
+  local ok, code = pcall(jobs_mod.run, client, jobs, plan, reporter, redraw)
   if ok then return code end
   if not tostring(code):find("interrupted!", 1, true) then error(code, 0) end
   reporter:close()
@@ -126,11 +132,11 @@ local function execute(args, command)
     return exitcode.USAGE
   end
   if args.out and not plan.no_wait then
-    local dest, err = require("dh3.cli.destination").new(args.out, #jobs > 1)
+    local dest, err = destination.new(args.out, #jobs > 1)
     if not dest then usage_error(command, err) end
     plan.dest = dest
   end
-  local client, err = require("dh3").new{}
+  local client, err = dh3.new{}
   if not client then
     reporter:error(err)
     reporter:close()
@@ -144,7 +150,7 @@ end
 
 --- Runs the command line `argv` (without the program name); returns the exit code.
 function M.main(argv, version)
-  local parser, commands = require("dh3.cli.parser").new(version)
+  local parser, commands = parser_mod.new(version)
   parser.error = usage_error
   local ok, result = pcall(function()
     local args = parser:parse(argv)
@@ -154,7 +160,7 @@ function M.main(argv, version)
     return execute(args, commands[args.command])
   end)
   if ok then return result end
-  if getmetatable(result) == Usage then return report_usage(result) end
+  if getmetatable(result) == Usage then return report_usage(result, commands) end
   error(result, 0)
 end
 

@@ -92,7 +92,7 @@ end
 -- plan: no_wait, status_only, timeout, dest (function(task) -> path; nil: do not download),
 -- summary (function(task) -> text, for status).
 -- The reporter gets start(jobs), created/state/progress/saved/error(err, job)/finished(job),
--- and tick() every dh3.cli.terminal.REDRAW seconds when it has one.
+-- and tick() every `redraw` seconds when `redraw` is given.
 function M.run(client, jobs, plan, reporter, redraw)
   local left = #jobs
   reporter:start(jobs)
@@ -109,8 +109,9 @@ function M.run(client, jobs, plan, reporter, redraw)
       reporter:finished(job)
     end)
   end
-  if reporter.tick and redraw then
-    -- the only timer of the run; the scheduler's sleep keeps every transfer moving meanwhile
+  if redraw then
+    -- The only timer of the run. The client has no public sleep: this is the scheduler's own
+    -- (the one back-off and pacing use), which yields here and keeps every transfer moving.
     local sched = client:_scheduler()
     client:spawn(function()
       while left > 0 do
