@@ -26,7 +26,7 @@ BUSTED_ARGS  ?=
 
 # Debian packages the project needs: to build, to test, and for the emulator and the command line.
 DEB_PACKAGES ?= lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket lua-zlib \
-                lua-argparse luarocks pkg-config gcc make
+                lua-argparse luarocks pkg-config gcc make tmux
 DEPS_STAMP   ?= .deps-ok
 
 SRCS    = $(wildcard src/*.c)
@@ -86,8 +86,13 @@ valgrind: all
 	  --suppressions=spec/valgrind.supp --trace-children=no \
 	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS)
 
+# Benchmarks against peers (bench/README.md); not part of test or CI. Installs what it needs the
+# way `make deps` does (the same rule, with the bench's packages and stamp). BENCH_QUICK=1: a smoke run.
+BENCH_DEB_PACKAGES ?= nginx wrk hyperfine python3-requests lua-socket lua-cjson curl
+BENCH_DEPS_STAMP   ?= bench/.deps-ok
 bench: all
-	$(LUA) bench/run.lua
+	@$(MAKE) --no-print-directory $(BENCH_DEPS_STAMP) DEPS_STAMP=$(BENCH_DEPS_STAMP) DEB_PACKAGES="$(BENCH_DEB_PACKAGES)"
+	LUA=$(LUA) CC=$(CC) $(LUA) bench/run.lua
 
 rock: all
 	$(LUAROCKS) --lua-version=5.4 make --deps-mode=none rockspec/dh3-scm-1.rockspec

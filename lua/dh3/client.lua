@@ -238,6 +238,15 @@ function Client:spawn(fn, ...)
   return self:_scheduler():spawn(fn, ...)
 end
 
+--- Waits `seconds`: yields inside a spawned coroutine, else blocks while driving the engine (so
+-- everything in flight keeps moving). For timers of the caller's own, e.g. redrawing a display.
+function Client:sleep(seconds)
+  if type(seconds) ~= "number" or seconds ~= seconds then
+    error(("bad argument #1 to 'sleep' (number expected, got %s)"):format(type(seconds)), 2)
+  end
+  self:_scheduler():sleep(math.max(0, seconds))
+end
+
 --- Advances all transfers, timers and coroutines without waiting; returns the number pending.
 function Client:update()
   return self:_scheduler():update()

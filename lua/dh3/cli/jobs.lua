@@ -110,13 +110,11 @@ function M.run(client, jobs, plan, reporter, redraw)
     end)
   end
   if redraw then
-    -- The only timer of the run. The client has no public sleep: this is the scheduler's own
-    -- (the one back-off and pacing use), which yields here and keeps every transfer moving.
-    local sched = client:_scheduler()
+    -- The only timer of the run: client:sleep yields here and keeps every transfer moving.
     client:spawn(function()
       while left > 0 do
         reporter:tick()
-        sched:sleep(redraw)
+        client:sleep(redraw)
       end
     end)
   end
