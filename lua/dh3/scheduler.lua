@@ -191,25 +191,26 @@ function Scheduler:cancel(token)
       self.finished[req] = CANCELLED -- for the blocking caller that is waiting on it
     end
   end
+  self:_end_sleep(token)
+  if token.on_cancel then token.on_cancel() end
+end
+
+-- Resumes the owner of `token` now if it sleeps in a spawned coroutine (a blocking sleep sees the
+-- token's flags instead).
+function Scheduler:_end_sleep(token)
   local timer = token.timer
   if timer then
     token.timer = nil
     timer.cancelled = true
     self:_resume(timer.co)
   end
-  if token.on_cancel then token.on_cancel() end
 end
 
 --- Ends the sleep of the owner of `token` early without cancelling anything (news arrived: a
 -- webhook delivery), and runs token.on_wake(), if set. The owner sees token.woken.
 function Scheduler:wake(token)
   token.woken = true
-  local timer = token.timer
-  if timer then
-    token.timer = nil
-    timer.cancelled = true
-    self:_resume(timer.co)
-  end
+  self:_end_sleep(token)
   if token.on_wake then token.on_wake() end
 end
 
