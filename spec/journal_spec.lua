@@ -422,6 +422,14 @@ describe("dh3.journal", function()
       j:close()
     end)
 
+    it("removes the temp file of a compaction that a crash interrupted", function()
+      write_file(path, HEADER)
+      write_file(path .. ".compact", HEADER .. "{half")
+      local j = assert(journal.open(path))
+      assert.are.same({ "journal", "journal.lock" }, ls(dir))
+      j:close()
+    end)
+
     it("does not run while at most half of the records are dead", function()
       local parts = { HEADER }
       for i = 1, 600 do parts[#parts + 1] = line{ t = "intent", lid = "l" .. i, at = i, input = body("live " .. i) } end

@@ -231,6 +231,9 @@ int dh3_journal_new(lua_State *L) {
     /* nothing to undo: a refused opener then says "another process" */
   }
 
+  /* a compaction that a crash interrupted left its temp file; ours to remove, under the lock */
+  (void)unlink(j->temp);
+
   j->fd = dh3_journal_open_regular(path, O_WRONLY | O_APPEND, 0);
   if (j->fd < 0 && errno == ENOENT) {
     j->fd = dh3_journal_open_regular(path, O_WRONLY | O_APPEND | O_CREAT | O_EXCL, 0600);
