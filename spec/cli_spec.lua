@@ -3,26 +3,9 @@
 -- display. Its text helpers and its display are also checked on their own.
 local emulator = require "helpers.emulator"
 local cjson = require "cjson"
+local files = require "helpers.files"
+local sh, read_file, tmpdir = files.quote, files.read_file, files.tmpdir
 local now = require("dh3.core").now
-
-local function sh(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function tmpdir()
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir " .. dir))
-  return dir
-end
 
 -- The environment of a run: DH3_* from `env` only (nil: unset), whatever the caller's shell had.
 local function env_words(env)

@@ -1,6 +1,8 @@
 local dh3 = require "dh3"
 local core = require "dh3.core"
 local emulator = require "helpers.emulator"
+local files = require "helpers.files"
+local tmpdir, listdir, read_file = files.tmpdir, files.ls, files.read_file
 
 local function new_client(emu, opts)
   opts = opts or {}
@@ -19,29 +21,6 @@ local function count(stats, endpoint, status)
 end
 
 local CREATE, GET = "POST /api/v1/task/create", "GET /api/v1/task/get"
-
-local function tmpdir()
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p " .. dir))
-  return dir
-end
-
-local function listdir(dir)
-  local names = {}
-  local p = io.popen("ls -A " .. dir)
-  for line in p:lines() do names[#names + 1] = line end
-  p:close()
-  table.sort(names)
-  return names
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
 
 local function png_size(bytes)
   assert.are.equal("\137PNG\r\n\26\n", bytes:sub(1, 8))

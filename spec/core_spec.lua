@@ -4,6 +4,9 @@
 -- Retry-After, slow answers, reset connections, bodies of N bytes with a right or wrong
 -- Content-Length, a slow drip, redirects, oversized headers, an echo.
 local core = require "dh3.core"
+local files = require "helpers.files"
+local shell_quote, make_tmpdir, ls = files.quote, files.tmpdir, files.ls
+local read_file, write_file = files.read_file, files.write_file
 
 -- Timing bounds are generous, and more so under valgrind or the sanitizers.
 local SLOW = 1
@@ -224,10 +227,6 @@ while true do
 end
 ]=]
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
-
 local Server = {}
 Server.__index = Server
 
@@ -266,43 +265,12 @@ local function closed_port()
   return port
 end
 
--- (not mktemp(1): under `make asan` the preloaded LeakSanitizer aborts it at exit)
-local function make_tmpdir()
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -m 700 " .. shell_quote(dir)))
-  return dir
-end
-
-local function ls(dir)
-  local p = io.popen("ls -A " .. shell_quote(dir))
-  local names = {}
-  for line in p:lines() do names[#names + 1] = line end
-  p:close()
-  table.sort(names)
-  return names
-end
-
 local function temp_files(dir)
   local found = {}
   for _, name in ipairs(ls(dir)) do
     if name:find(".part-", 1, true) then found[#found + 1] = name end
   end
   return found
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
 end
 
 -- What the server sends for /bytes/N.

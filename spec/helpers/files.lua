@@ -1,0 +1,49 @@
+-- Files and shell words for specs: temporary folders, reading and writing files, listing folders.
+-- (Temporary folders are made with mkdir, not mktemp(1): under `make asan` the preloaded
+-- LeakSanitizer aborts mktemp at exit.)
+local M = {}
+
+--- s as one shell word.
+function M.quote(s)
+  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
+end
+
+--- A new empty folder, private to the user.
+function M.tmpdir()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -m 700 " .. M.quote(dir)))
+  return dir
+end
+
+--- Removes a folder and everything in it.
+function M.rm_rf(path)
+  os.execute("rm -rf " .. M.quote(path))
+end
+
+--- The whole file, or nil when it cannot be read.
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function M.write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+--- The names in a folder (hidden ones too), sorted.
+function M.ls(dir)
+  local p = io.popen("ls -A " .. M.quote(dir))
+  local names = {}
+  for line in p:lines() do names[#names + 1] = line end
+  p:close()
+  table.sort(names)
+  return names
+end
+
+return M
