@@ -63,7 +63,7 @@ function Task:create()
   local doc, err = self.client:_api("POST", contract.CREATE_PATH, nil, self._body, { create = true })
   self._creating = nil
   if not doc then
-    if journal and not err.maybe_created then journal:abandoned(local_id, err.kind) end
+    if journal and not err.maybe_created then journal:abandoned(local_id, err) end
     return nil, err
   end
   local id = doc.task_id
@@ -74,7 +74,12 @@ function Task:create()
   end
   self.id, self.state = id, "queuing"
   self.client._tasks[id] = self
-  if journal then journal:created(local_id, id) end
+  if journal then
+    local ok, jerr = journal:created(local_id, id)
+    if not ok then -- the id is in hand and returned all the same; say loudly that it is not on disk
+      io.stderr:write("dh3: task ", id, " was created but could not be journaled: ", tostring(jerr), "\n")
+    end
+  end
   return self
 end
 
