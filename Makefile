@@ -22,6 +22,7 @@ CFLAGS       ?= $(OPT)
 ALL_CFLAGS    = $(WARN) -fPIC -fvisibility=hidden $(CFLAGS) $(LUA_CFLAGS) $(CURL_CFLAGS)
 LDFLAGS      ?=
 SPECS        ?= spec
+DH3_SPEC_GC  ?=
 BUSTED_ARGS  ?=
 
 # Debian packages the project needs: to build, to test, and for the emulator and the command line.
@@ -82,7 +83,7 @@ asan: $(DEPS_STAMP)
 	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS); rc=$$?; $(MAKE) --no-print-directory clean-core; exit $$rc
 
 valgrind: all
-	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	DH3_SPEC_GC=$(DH3_SPEC_GC) valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	  --suppressions=spec/valgrind.supp --trace-children=no \
 	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS)
 
