@@ -38,6 +38,7 @@ build = {
     ["dh3.cli.jobs"] = "lua/dh3/cli/jobs.lua",
     ["dh3.cli.jsonlines"] = "lua/dh3/cli/jsonlines.lua",
     ["dh3.cli.parser"] = "lua/dh3/cli/parser.lua",
+    ["dh3.cli.pending"] = "lua/dh3/cli/pending.lua",
     ["dh3.cli.terminal"] = "lua/dh3/cli/terminal.lua",
     ["dh3.client"] = "lua/dh3/client.lua",
     ["dh3.contract"] = "lua/dh3/contract.lua",

@@ -10,6 +10,7 @@ local destination = require "dh3.cli.destination"
 local format = require "dh3.cli.format"
 local terminal = require "dh3.cli.terminal"
 local jsonlines = require "dh3.cli.jsonlines"
+local pending = require "dh3.cli.pending"
 
 local M = {}
 
@@ -100,8 +101,9 @@ local function id_jobs(args, command)
   return jobs
 end
 
--- Runs the jobs; Ctrl-C ends the run, with the ids still at work said, so no paid task is lost.
-local function run(client, jobs, plan, reporter, redraw)
+-- Runs the jobs; Ctrl-C ends the run, with the ids still at work said, so no paid task is lost
+-- (with a journal they are in it too: `journal` is its path).
+local function run(client, jobs, plan, reporter, redraw, journal)
   local ok, code = pcall(jobs_mod.run, client, jobs, plan, reporter, redraw)
   if ok then return code end
   if not tostring(code):find("interrupted!", 1, true) then error(code, 0) end
@@ -110,12 +112,86 @@ local function run(client, jobs, plan, reporter, redraw)
   for _, job in ipairs(jobs) do
     if job.task and job.task.id and not job.code then open[#open + 1] = job.task.id end
   end
-  io.stderr:write("dh3: interrupted", #open > 0 and ("; still running at the service (dh3 wait ID): "
+  local how = journal and "dh3 resume --journal " .. journal or "dh3 wait ID"
+  io.stderr:write("dh3: interrupted", #open > 0 and ("; still running at the service (" .. how .. "): "
     .. table.concat(open, " ")) or "", "\n")
   return exitcode.INTERRUPTED
 end
 
+-- An error of the whole run (no key, a journal in use): reported, and its exit code.
+local function run_error(reporter, err)
+  reporter:error(err)
+  reporter:close()
+  return exitcode.for_error(err)
+end
+
+-- The journal pending and resume read: --journal or DH3_JOURNAL, and a file there.
+local function required_journal(args, command)
+  local path = pending.path(args.journal)
+  if not path then usage_error(command, "no journal: give --journal PATH or set DH3_JOURNAL") end
+  local missing = pending.missing(path)
+  if missing then usage_error(command, missing) end
+  return path
+end
+
+-- dh3 pending: the journal read, nothing sent (no key needed).
+local function list_pending(args, command)
+  local path = required_journal(args, command)
+  local human = not args.json and terminal.is_terminal()
+  local state, err = pending.read(path)
+  if not state then
+    if human then
+      io.stderr:write(tostring(err), "\n")
+      return exitcode.for_error(err)
+    end
+    return run_error(jsonlines.new(), err)
+  end
+  if human then
+    pending.print(io.stdout, state, path, (terminal.size()), os.time())
+  else
+    pending.emit(jsonlines.new(), state)
+  end
+  return exitcode.OK
+end
+
+-- dh3 resume: every task the journal has pending, waited on and saved as `dh3 download` does;
+-- the creates with no answer said on stderr (nothing can take them up again).
+local function resume(args, command)
+  local path = required_journal(args, command)
+  local reporter, redraw = new_reporter(args.json)
+  -- read first for the prompts the rows show (client:pending() gives tasks by id only)
+  local state, err = pending.read(path)
+  if not state then return run_error(reporter, err) end
+  local plan = { timeout = args.timeout, summary = summary }
+  if #state.tasks > 0 then
+    local dest, derr = destination.new(args.out, true)
+    if not dest then usage_error(command, derr) end
+    plan.dest = dest
+  end
+  local client
+  client, err = dh3.new{ journal = path }
+  if not client then return run_error(reporter, err) end
+  local tasks, unanswered = client:pending()
+  for _, u in ipairs(unanswered) do reporter:unanswered(u) end
+  local prompts = {}
+  for _, t in ipairs(state.tasks) do prompts[t.task_id] = pending.prompt(t.input) end
+  local jobs = {}
+  for i, task in ipairs(tasks) do jobs[i] = jobs_mod.new(i, { id = task.id, task = task, prompt = prompts[task.id] }) end
+  local code = exitcode.OK
+  if #jobs > 0 then
+    plan.dest = plan.dest or assert(destination.new(args.out, true))
+    code = run(client, jobs, plan, reporter, redraw, path)
+  elseif redraw and #unanswered == 0 then
+    io.stdout:write("Nothing to resume in ", path, ".\n")
+  end
+  reporter:close()
+  client:close()
+  return code
+end
+
 local function execute(args, command)
+  if args.command == "pending" then return list_pending(args, command) end
+  if args.command == "resume" then return resume(args, command) end
   local jobs, refused
   local plan = { timeout = args.timeout, summary = summary }
   if args.command == "generate" then
@@ -136,13 +212,10 @@ local function execute(args, command)
     if not dest then usage_error(command, err) end
     plan.dest = dest
   end
-  local client, err = dh3.new{}
-  if not client then
-    reporter:error(err)
-    reporter:close()
-    return exitcode.for_error(err)
-  end
-  local code = run(client, jobs, plan, reporter, redraw)
+  local journal = pending.path(args.journal)
+  local client, err = dh3.new{ journal = journal }
+  if not client then return run_error(reporter, err) end
+  local code = run(client, jobs, plan, reporter, redraw, journal)
   reporter:close()
   client:close()
   return code

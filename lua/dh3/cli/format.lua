@@ -22,6 +22,17 @@ function M.duration(seconds)
   return ("%dh%02dm"):format(s // 3600, s % 3600 // 60)
 end
 
+--- How long ago, in whole units: 45s, 12m, 3h05m, 2d04h ("?" when unknown or in the future by
+-- more than a clock's slip).
+function M.age(seconds)
+  if type(seconds) ~= "number" or seconds ~= seconds or seconds < -60 then return "?" end
+  local s = math.max(0, math.floor(seconds))
+  if s < 60 then return ("%ds"):format(s) end
+  if s < 3600 then return ("%dm"):format(s // 60) end
+  if s < 86400 then return ("%dh%02dm"):format(s // 3600, s % 3600 // 60) end
+  return ("%dd%02dh"):format(s // 86400, s % 86400 // 3600)
+end
+
 --- [=========>          ] for a fraction in 0..1, `width` characters inside the brackets.
 function M.bar(fraction, width)
   fraction = math.max(0, math.min(1, fraction))

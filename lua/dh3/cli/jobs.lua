@@ -10,8 +10,9 @@ local M = {}
 local Job = {}
 Job.__index = Job
 
---- A job from a prompt (`input` is the task input) or from a task id; `index` is its position
--- on the command line.
+--- A job from a prompt (`input` is the task input), from a task id, or from a task (`task`, one
+-- of client:pending(), with its `prompt` when the journal knows it); `index` is its position on
+-- the command line (or in the journal's pending list).
 function M.new(index, fields)
   local job = setmetatable({ index = index, phase = "waiting" }, Job)
   for k, v in pairs(fields) do job[k] = v end
@@ -64,7 +65,7 @@ local function run_job(client, job, plan, reporter)
       return
     end
   else
-    task = client:task(job.id)
+    task = job.task or client:task(job.id) -- a task of the journal (dh3 resume) comes ready
     job.task = task
   end
   if plan.status_only then

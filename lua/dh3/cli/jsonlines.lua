@@ -3,6 +3,7 @@
 -- 1-based position of its prompt or id on the command line (or in --prompts), to match results
 -- to inputs. Errors are also written to stderr, one line each, for the person behind the script.
 local core = require "dh3.core"
+local pending = require "dh3.cli.pending"
 
 local M = {}
 
@@ -59,6 +60,12 @@ function Lines:error(err, job)
     maybe_created = err.maybe_created,
   })
   self.err:write(tostring(err), "\n")
+end
+
+--- A create of the journal whose answer never came (dh3 resume): an event, and the line on stderr.
+function Lines:unanswered(u)
+  self:emit("unanswered", pending.unanswered_fields(u))
+  self.err:write(pending.unanswered_line(u), "\n")
 end
 
 function Lines:finished() end

@@ -8,7 +8,8 @@ local M = {}
 local ENVIRONMENT = [[
 Environment:
    DH3_API_KEY    the API key (required; never printed)
-   DH3_BASE_URL   the service (default https://api.dh3.app), e.g. a dh3-emulator's URL]]
+   DH3_BASE_URL   the service (default https://api.dh3.app), e.g. a dh3-emulator's URL
+   DH3_JOURNAL    the journal when --journal is not given (empty: none)]]
 
 local OUTPUT = [[
 Output: on a terminal, one live row per task (state and elapsed time while waiting, a progress
@@ -37,6 +38,22 @@ local function add_out_option(cmd)
     .. "With several tasks it is always a folder.", "."):argname("<DIR|FILE>")
 end
 
+-- --journal, for the commands that create tasks or see them end: `what` says what it records.
+local function add_journal_option(cmd, what)
+  cmd:option("--journal", what .. " Default: $DH3_JOURNAL. One process at a time per journal: "
+    .. "a second one gets an error (exit 3)."):argname("<PATH>")
+end
+
+-- What pending and resume say about the journal they read.
+local JOURNAL_HELP = [[
+The journal: a file of every create made with --journal (dh3 generate --journal PATH, or
+DH3_JOURNAL set). A create's intent is on disk before its request leaves and its task id as soon
+as it arrives, so a run cut short (Ctrl-C, a crash, a lost connection) leaves a trace of what
+was paid for. It lists:
+   tasks created but not seen to finish: dh3 resume waits on them and saves their images;
+   creates whose answer never came back: possibly created, id unknown. They cannot be resumed;
+   tell the service's support their local id, prompt and time.]]
+
 local function generate(parser)
   local cmd = parser:command("generate", "Create tasks from prompts, wait for them and save their images. "
     .. "Several prompts (arguments or --prompts) run concurrently; creates are paced to the service's "
@@ -57,18 +74,55 @@ local function generate(parser)
   add_out_option(cmd)
   cmd:flag("--no-wait", "Print the task ids as soon as they are created and exit 0.")
   add_wait_options(cmd)
+  add_journal_option(cmd, "Record every create in this journal before its request leaves, and "
+    .. "each task's end, so that a run cut short loses nothing (dh3 pending, dh3 resume).")
   cmd:epilog("Examples:\n"
     .. "   dh3 generate 'a lighthouse at dawn, watercolor' --aspect-ratio 16:9 --out lighthouse.png\n"
     .. "   dh3 generate --prompts prompts.txt --resolution 2K --out images/\n"
-    .. "   dh3 generate --no-wait 'a red fox in snow' --json | jq -r .task_id\n\n" .. EPILOG)
+    .. "   dh3 generate --no-wait 'a red fox in snow' --json | jq -r .task_id\n"
+    .. "   dh3 generate --journal ~/.dh3.journal --prompts prompts.txt --out images/\n\n" .. EPILOG)
   return cmd
 end
+
+local RECORD_END = "Record in this journal the tasks of it seen to end, so that dh3 pending "
+  .. "no longer lists them."
 
 local function on_ids(parser, name, description, extra)
   local cmd = parser:command(name, description)
   cmd:argument("id", "Task id(s); several run concurrently."):args("+")
   if extra then extra(cmd) end
+  add_journal_option(cmd, RECORD_END)
   cmd:epilog(EPILOG)
+  return cmd
+end
+
+local function pending(parser)
+  local cmd = parser:command("pending", "List what a journal holds unsettled: tasks created but not "
+    .. "seen to finish, and creates whose answer never came back. Reads the journal only: no request "
+    .. "is made, no API key needed.")
+  add_journal_option(cmd, "The journal to read.")
+  cmd:flag("--json", "Print JSON lines only, also on a terminal.")
+  cmd:epilog(JOURNAL_HELP .. "\n\n"
+    .. "Output: on a terminal, a table of each (task id or local id, age, prompt). With --json, or\n"
+    .. "when stdout is not a terminal, JSON lines: {\"event\":\"pending\",\"task_id\":..,\"prompt\":..,\"at\":..}\n"
+    .. "and {\"event\":\"unanswered\",\"local_id\":..,\"prompt\":..,\"at\":..} (at: Unix seconds of the create).\n\n"
+    .. "Exit codes:\n"
+    .. "   0    listed (also when nothing is pending)\n"
+    .. "   2    usage: bad flags, no journal given, no file at PATH\n"
+    .. "   3    the journal cannot be read: in use by another process, not a journal\n\n"
+    .. "Environment:\n   DH3_JOURNAL    the journal when --journal is not given")
+  return cmd
+end
+
+local function resume(parser)
+  local cmd = parser:command("resume", "Wait on every task a journal has pending, concurrently, and save "
+    .. "their images, as dh3 download does. Creates whose answer never came back are reported on "
+    .. "stderr: they cannot be resumed.")
+  add_journal_option(cmd, "The journal to resume; tasks seen to end are recorded in it.")
+  cmd:option("--out", "The folder to save into (created when missing).", "."):argname("<DIR>")
+  add_wait_options(cmd)
+  cmd:epilog(JOURNAL_HELP .. "\n\nWith --json, each unanswered create is also an event on stdout:\n"
+    .. "{\"event\":\"unanswered\",\"local_id\":..,\"prompt\":..,\"at\":..}.\n\n" .. EPILOG)
   return cmd
 end
 
@@ -99,6 +153,8 @@ function M.new(version)
       add_out_option(cmd)
       add_wait_options(cmd)
     end)
+  commands.pending = pending(parser)
+  commands.resume = resume(parser)
   -- Everything after `emulator` is the emulator's own (its --help included), untouched.
   commands.emulator = parser:command("emulator", "Run dh3-emulator, the local double of the service: "
     .. "'dh3 emulator --help' lists its flags."):handle_options(false)

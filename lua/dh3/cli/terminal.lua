@@ -4,6 +4,7 @@
 -- scrollback keeps every outcome; errors go to stderr, above the live rows too.
 local core = require "dh3.core"
 local format = require "dh3.cli.format"
+local pending = require "dh3.cli.pending"
 
 local M = {}
 
@@ -129,6 +130,11 @@ function Terminal:error(err, job)
   else
     self:_to_stderr(tostring(err))
   end
+end
+
+--- A create of the journal whose answer never came (dh3 resume): a line on stderr.
+function Terminal:unanswered(u)
+  self:_to_stderr(pending.unanswered_line(u))
 end
 
 function Terminal:finished(job)

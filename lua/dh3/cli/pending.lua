@@ -1,0 +1,116 @@
+-- What the command line reads from a journal (--journal PATH, or DH3_JOURNAL): the path itself,
+-- the unsettled creates it holds, and how `dh3 pending` shows them (a table for people, JSON lines
+-- for programs). `dh3 resume` uses the same reading and the same words for the creates it cannot
+-- take up again: the intents whose answer never came back (possibly created, id unknown).
+local journal = require "dh3.journal"
+local format = require "dh3.cli.format"
+
+local M = {}
+
+local ENOENT = 2
+local PROMPT_SHOWN = 200 -- characters of a prompt in a stderr line: enough for support to find it
+
+--- The journal's path: `given` (--journal), else DH3_JOURNAL; nil when neither is set (an empty
+-- value means none: `DH3_JOURNAL= dh3 ...` runs one command without the journal).
+function M.path(given)
+  local path = given
+  if path == nil then path = os.getenv("DH3_JOURNAL") end
+  if path == nil or path == "" then return nil end
+  return path
+end
+
+--- nil when `path` may be a journal to read, else why not, for a usage error: nothing is there
+-- (a misspelt path must not read as "nothing pending"; reading one would also create it).
+function M.missing(path)
+  local f, _, errno = io.open(path, "rb")
+  if f then
+    f:close()
+    return nil
+  end
+  if errno == ENOENT then return ("no journal at %s (no such file)"):format(path) end
+  return nil -- another reason: the journal's own error says it better
+end
+
+--- What the journal at `path` holds unsettled (dh3.journal's pending(): {tasks = {{task_id,
+-- local_id, input, created_at}}, unanswered = {{local_id, input, at}}}), or nil, err (kind
+-- "journal": in use by another process, not a journal, unreadable). Opens and closes it: the lock
+-- is held only while reading.
+function M.read(path)
+  local j, err = journal.open(path)
+  if not j then return nil, err end
+  local state = j:pending()
+  j:close()
+  return state
+end
+
+--- The prompt of a create's wire body (as the journal keeps it), or nil when unknown.
+function M.prompt(input)
+  local body = type(input) == "table" and input.nano_banana_pro_input
+  local prompt = type(body) == "table" and body.prompt
+  return type(prompt) == "string" and prompt or nil
+end
+
+local function utc(at)
+  return math.type(at) == "integer" and os.date("!%Y-%m-%d %H:%M:%S UTC", at) or "an unknown time"
+end
+
+--- The stderr line for an unanswered create (`u`: {local_id, input, at}).
+function M.unanswered_line(u)
+  local prompt = M.prompt(u.input)
+  return ("dh3: possibly created, id unknown: tell the service's support: local id %s, prompt %s, sent %s")
+    :format(u.local_id, prompt and ('"' .. format.fit(prompt, PROMPT_SHOWN) .. '"') or "unknown", utc(u.at))
+end
+
+--- The JSON fields of an unanswered create's event.
+function M.unanswered_fields(u)
+  return { local_id = u.local_id, prompt = M.prompt(u.input), at = u.at }
+end
+
+--- `dh3 pending` as JSON lines on `lines` (a dh3.cli.jsonlines): one "pending" event per task
+-- created but not seen to finish, one "unanswered" event per create whose answer never came.
+function M.emit(lines, state)
+  for _, t in ipairs(state.tasks) do
+    lines:emit("pending", { task_id = t.task_id, prompt = M.prompt(t.input), at = t.created_at })
+  end
+  for _, u in ipairs(state.unanswered) do lines:emit("unanswered", M.unanswered_fields(u)) end
+end
+
+local function plural(n, one, many)
+  return ("%d %s"):format(n, n == 1 and one or many)
+end
+
+-- A heading, then a table: id (32 columns), age, prompt; every line cut to `columns`.
+local function section(out, heading, id_title, list, columns, now)
+  local function line(text) out:write(format.fit(text, columns - 1), "\n") end
+  line(heading)
+  line(("  %-32s  %-7s  %s"):format(id_title, "age", "prompt"))
+  for _, r in ipairs(list) do
+    line(("  %-32s  %-7s  %s"):format(r.id, format.age(r.at and now - r.at), r.prompt or "(unknown)"))
+  end
+end
+
+--- `dh3 pending` for people: a table of each kind on `out`, cut to `columns`; `now` in Unix seconds.
+function M.print(out, state, path, columns, now)
+  local tasks, unanswered = state.tasks, state.unanswered
+  if #tasks == 0 and #unanswered == 0 then
+    out:write(format.fit("Nothing pending in " .. path .. ".", columns - 1), "\n")
+    return
+  end
+  if #tasks > 0 then
+    local list = {}
+    for i, t in ipairs(tasks) do list[i] = { id = t.task_id, at = t.created_at, prompt = M.prompt(t.input) } end
+    section(out, plural(#tasks, "task", "tasks") .. " created, not seen to finish (dh3 resume):",
+      "task id", list, columns, now)
+  end
+  if #unanswered > 0 then
+    if #tasks > 0 then out:write("\n") end
+    local list = {}
+    for i, u in ipairs(unanswered) do list[i] = { id = u.local_id, at = u.at, prompt = M.prompt(u.input) } end
+    section(out, plural(#unanswered, "create", "creates") .. " with no answer: possibly created, id unknown.",
+      "local id", list, columns, now)
+    out:write(format.fit("Only the service's support can trace them: give it the local id and prompt.",
+      columns - 1), "\n")
+  end
+end
+
+return M
