@@ -217,8 +217,9 @@ function M.sequential(ctx)
     floor = ("%s seq %s %d"):format(ctx.floor, base, n),
     python = ctx.python and ("%s bench/workers/requests_peer.py %s %d"):format(PYTHON, base, n),
     luasocket = ("%s bench/workers/luasocket_peer.lua %s %d"):format(LUA, base, n),
+    core = ctx.dh3 .. ("core %s %d json"):format(base, n), -- a diagnostic: dh3.core alone
   }
-  local order = { "dh3", "floor", "python", "luasocket" }
+  local order = { "dh3", "floor", "python", "luasocket", "core" }
   for r = 1, RUNS do
     local row = {}
     for i = 1, #order do
@@ -232,6 +233,7 @@ function M.sequential(ctx)
     row.r_floor = row.dh3 / row.floor
     row.r_python = row.python and row.python / row.dh3
     row.r_luasocket = row.luasocket / row.dh3
+    row.gap_core, row.gap_lua = row.core - row.floor, row.dh3 - row.core
     runs[r] = row
     log("sequential run %d: dh3 %s, C %s, python %s, luasocket %s per call", r, fmt_us(row.dh3),
       fmt_us(row.floor), fmt_us(row.python), fmt_us(row.luasocket))
@@ -256,6 +258,9 @@ function M.sequential(ctx)
   rows[#rows + 1] = { label, dh3_cell,
     ("luasocket+cjson %s/call (cpu %s), new connection each"):format(fmt_us(m("luasocket")), fmt_us(m("luasocket_cpu"))),
     fmt_x(m("r_luasocket")) .. " faster", "(context)", nil }
+  rows[#rows + 1] = { label .. ": where the gap goes", dh3_cell,
+    ("dh3.core alone (C engine, JSON decode, a bare Lua loop) %s/call (cpu %s)"):format(fmt_us(m("core")), fmt_us(m("core_cpu"))),
+    ("C core +%s, Lua layer +%s per call"):format(fmt_us(m("gap_core")), fmt_us(m("gap_lua"))), "(diagnostic)", nil }
   ctx.seq_dh3 = m("dh3")
   return rows, runs
 end
@@ -266,24 +271,34 @@ function M.concurrent(ctx)
   local runs = {}
   for r = 1, RUNS do
     local row = {}
-    local order = r % 2 == 1 and { "dh3", "floor" } or { "floor", "dh3" }
+    local cmds = {
+      dh3 = ctx.dh3 .. ("wait_all %s %d %d"):format(base, n, conc),
+      floor = ("%s multi %s %d %d"):format(ctx.floor, base, n, conc),
+      core = ctx.dh3 .. ("core_multi %s %d %d"):format(base, n, conc), -- a diagnostic
+    }
+    local order = r % 2 == 1 and { "dh3", "floor", "core" } or { "core", "floor", "dh3" }
     for _, name in ipairs(order) do
-      local res = name == "dh3"
-        and worker(ctx.dh3 .. ("wait_all %s %d %d"):format(base, n, conc))
-        or worker(("%s multi %s %d %d"):format(ctx.floor, base, n, conc))
+      local res = worker(cmds[name])
       row[name], row[name .. "_cpu"] = res.wall, res.cpu
     end
     row.ratio = row.dh3 / row.floor
+    row.gap_core, row.gap_lua = (row.core - row.floor) / n, (row.dh3 - row.core) / n
     runs[r] = row
     log("wait_all run %d: dh3 %s, C multi %s", r, fmt_s(row.dh3), fmt_s(row.floor))
   end
   local m = function(k) return median(col(runs, k)) end
   ctx.multi_dh3 = m("dh3")
+  local label = ("%d status reads, `client:wait_all` %d in flight"):format(n, conc)
+  local dh3_cell = ("%s (%s/read, cpu %s)"):format(fmt_s(m("dh3")), fmt_us(m("dh3") / n), fmt_us(m("dh3_cpu") / n))
   return { {
-    ("%d status reads, `client:wait_all` %d in flight"):format(n, conc),
-    ("%s (%s/read, cpu %s)"):format(fmt_s(m("dh3")), fmt_us(m("dh3") / n), fmt_us(m("dh3_cpu") / n)),
+    label, dh3_cell,
     ("C multi floor %s (%s/read, cpu %s)"):format(fmt_s(m("floor")), fmt_us(m("floor") / n), fmt_us(m("floor_cpu") / n)),
     fmt_x(m("ratio")) .. " the floor's time", "≤ " .. TARGET.multi_floor .. "x", m("ratio") <= TARGET.multi_floor,
+  }, {
+    label .. ": where the gap goes", dh3_cell,
+    ("dh3.core alone, %d in flight, decoded %s (%s/read, cpu %s)"):format(conc, fmt_s(m("core")), fmt_us(m("core") / n),
+      fmt_us(m("core_cpu") / n)),
+    ("C core +%s, Lua layer +%s per read"):format(fmt_us(m("gap_core")), fmt_us(m("gap_lua"))), "(diagnostic)", nil,
   } }, runs
 end
 
@@ -315,7 +330,8 @@ function M.pacing(ctx)
     worst_refused = math.max(worst_refused, row.refused + row.non200)
     worst_dev = math.max(worst_dev, math.abs(row.ratio - 1))
   end
-  ctx.pacing_offsets = runs[1].offsets
+  ctx.notes[#ctx.notes + 1] = ("Creates, run 1: start of each create after the first, in seconds: %s."):format(
+    tostring(runs[1].offsets):gsub(",", ", "))
   return { {
     ("%d creates at %d/s (emulator)"):format(n, qps),
     ("create %d starts %.3f s after the first; %d 429s in %d runs"):format(n, m("last"), worst_refused, RUNS),
@@ -477,7 +493,7 @@ local function verdict(v)
   if v == true then return "pass" elseif v == false then return "**FAIL**" else return "" end
 end
 
-local function render(rows, info)
+local function render(rows, info, notes)
   local out = {}
   out[#out + 1] = ("Machine: %s cores, %s, Linux %s; %s; nginx %s; %s; %s."):format(info.nproc, info.cpu,
     info.kernel, info.curl, info.nginx, info.lua, info.python)
@@ -489,6 +505,8 @@ local function render(rows, info)
   for _, r in ipairs(rows) do
     out[#out + 1] = ("| %s | %s | %s | %s | %s | %s |"):format(r[1], r[2], r[3], r[4], r[5], verdict(r[6]))
   end
+  if notes[1] then out[#out + 1] = "" end
+  for _, n in ipairs(notes) do out[#out + 1] = n end
   return table.concat(out, "\n") .. "\n"
 end
 
@@ -521,11 +539,16 @@ local function main(ctx)
   sh(("mkdir -p %s/files %s/out %s/tmp %s/tree/dh3"):format(ctx.dir, ctx.dir, ctx.dir, ctx.dir))
   -- what is measured is the tree as it is now: lua/, bin/ and dh3/core.so are copied, so a
   -- rebuild or an edit while the benchmarks run changes nothing here
-  if sh("nm -D dh3/core.so 2>/dev/null | grep -c __asan_init || true"):match("^%s*[1-9]") then
-    error("dh3/core.so is a sanitizer build (make asan): run `make clean-core all` first", 0)
-  end
   ctx.tree = ctx.dir .. "/tree"
-  sh(("cp -R lua bin %s/ && cp dh3/core.so %s/dh3/core.so"):format(ctx.tree, ctx.tree))
+  sh(("cp -R lua bin %s/"):format(ctx.tree))
+  if sh("nm -D dh3/core.so 2>/dev/null | grep -c __asan_init || true"):match("^%s*[1-9]") then
+    -- a `make asan` is running (it swaps in a sanitizer build): build a plain one of our own
+    log("dh3/core.so is a sanitizer build; building a plain copy for the benchmarks")
+    sh(("make --no-print-directory -s OBJDIR=%s/build CORE=%s/dh3/core.so %s/dh3/core.so")
+      :format(ctx.dir, ctx.tree, ctx.tree))
+  else
+    sh(("cp dh3/core.so %s/dh3/core.so"):format(ctx.tree))
+  end
   ctx.dh3 = ("BENCH_TREE=%s %s bench/workers/dh3.lua "):format(ctx.tree, LUA)
   ctx.floor = ctx.dir .. "/floor"
   sh(("%s -O2 -std=c99 -D_POSIX_C_SOURCE=200809L $(pkg-config --cflags libcurl) bench/workers/floor.c -o %s $(pkg-config --libs libcurl)")
@@ -562,7 +585,7 @@ local function main(ctx)
   add("require", M.require_time)
   add("ceiling", M.ceiling)
 
-  local text = render(rows, info)
+  local text = render(rows, info, ctx.notes)
   print()
   print(text)
   local f = io.open("bench/last-run.md", "w")
@@ -576,7 +599,7 @@ local function main(ctx)
     :format(met, missed))
 end
 
-local ctx = {}
+local ctx = { notes = {} }
 local ok, err = xpcall(main, debug.traceback, ctx)
 stop_nginx(ctx.nginx)
 if ctx.emulator then ctx.emulator:stop() end
