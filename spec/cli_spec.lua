@@ -46,6 +46,47 @@ local function names(run)
   return table.concat(list, " ")
 end
 
+-- Every request the emulator has answered so far (its own stats reads aside).
+local function requests(emu)
+  local n = 0
+  for _, by_status in pairs(emu:stats().requests) do
+    for _, count in pairs(by_status) do n = n + count end
+  end
+  return n
+end
+
+-- The records of a journal file, decoded (its header line aside).
+local function journal_records(path)
+  local records = {}
+  for line in (read_file(path) or ""):gmatch("[^\n]+") do
+    local r = cjson.decode(line)
+    if r.t ~= "dh3-journal" then records[#records + 1] = r end
+  end
+  return records
+end
+
+-- A lua5.4 of this tree in a child process, its pid known (the shell prints it, then becomes lua).
+local PRELUDE = 'package.path = "lua/?.lua;lua/?/init.lua;" .. package.path; '
+  .. 'package.cpath = "./?.so;" .. package.cpath; io.stdout:setvbuf("line"); '
+
+local function child(script)
+  local pipe = assert(io.popen("echo $$; exec lua5.4 -e " .. sh(PRELUDE .. script) .. " 2>&1", "r"))
+  return { pid = assert(tonumber(pipe:read("l"))), pipe = pipe }
+end
+
+-- Leaves in the journal at `path` a create whose answer never came back (a process that died
+-- with its request in flight leaves exactly this).
+local function unanswered_intent(path, prompt)
+  local c = child(([[
+    local j = assert(require("dh3.journal").open(%q))
+    print(assert(j:intent{ model = "nano-banana-pro", nano_banana_pro_input = { prompt = %q } }))
+    j:close()
+  ]]):format(path, prompt))
+  local lid = c.pipe:read("l")
+  assert(c.pipe:close(), lid)
+  return lid
+end
+
 describe("the dh3 command", function()
   local emu, env, out
   setup(function()
@@ -68,7 +109,7 @@ describe("the dh3 command", function()
     end)
 
     it("documents every command with its exit codes and environment", function()
-      for _, command in ipairs({ {}, { "generate" }, { "status" }, { "wait" }, { "download" } }) do
+      for _, command in ipairs({ {}, { "generate" }, { "status" }, { "wait" }, { "download" }, { "resume" } }) do
         local args = { table.unpack(command) }
         if args[1] ~= "help" then args[#args + 1] = "--help" end
         local run = dh3(nil, table.unpack(args))
@@ -82,9 +123,27 @@ describe("the dh3 command", function()
       end
       local gen = dh3(nil, "generate", "--help").out
       for _, flag in ipairs({ "--aspect-ratio", "--resolution", "--format", "--image", "--callback-url", "--out",
-        "--no-wait", "--timeout", "--json", "--prompts" }) do
+        "--no-wait", "--timeout", "--json", "--prompts", "--journal", "DH3_JOURNAL" }) do
         assert.matches(flag, gen, nil, true)
       end
+      for _, command in ipairs({ "status", "wait", "download", "resume" }) do
+        assert.matches("--journal <PATH>", dh3(nil, command, "--help").out, nil, true)
+      end
+      local resume = dh3(nil, "resume", "--help").out
+      for _, text in ipairs({ "--out", "--timeout", "--json", "possibly created, id unknown", "unanswered" }) do
+        assert.matches(text, resume, nil, true)
+      end
+    end)
+
+    it("documents `dh3 pending`: what it lists, its JSON events, its exit codes", function()
+      local run = dh3(nil, "pending", "--help")
+      assert.are.equal(0, run.code)
+      assert.matches("^Usage: dh3 pending %[%-h%] %[%-%-journal <PATH>%] %[%-%-json%]", run.out)
+      for _, text in ipairs({ "no request", "possibly created, id unknown", '"event":"pending"',
+        '"event":"unanswered"', "Exit codes", "0 +listed", "2 +usage", "3 +the journal", "DH3_JOURNAL" }) do
+        assert.matches(text, run.out, text)
+      end
+      assert.matches("pending", dh3(nil, "--help").out, nil, true)
     end)
 
     it("documents `dh3 emulator` and passes `dh3 emulator --help` to the emulator", function()
@@ -262,7 +321,9 @@ describe("the dh3 command", function()
       local status = dh3(env, "status", a, b)
       assert.are.equal(0, status.code, status.err)
       assert.are.equal("state state", names(status))
-      assert.are.same({ a, b }, { status.events[1].task_id, status.events[2].task_id })
+      local by_index = {} -- in the order the answers came
+      for _, e in ipairs(status.events) do by_index[e.index] = e.task_id end
+      assert.are.same({ a, b }, by_index)
 
       local waited = dh3(env, "wait", a, b)
       assert.are.equal(0, waited.code, waited.err)
@@ -285,6 +346,171 @@ describe("the dh3 command", function()
       local run = dh3(env, "status", "0123456789abcdef0123456789abcdef")
       assert.are.equal(3, run.code)
       assert.are.equal("not_found", events_of(run, "error")[1].kind)
+    end)
+  end)
+
+  describe("--journal, pending and resume", function()
+    local dir
+    before_each(function() dir = tmpdir() end)
+    after_each(function() files.rm_rf(dir) end)
+
+    it("generate --journal records each create (intent, created, finished), never the key", function()
+      local path = dir .. "/journal"
+      local run = dh3(env, "generate", "a journaled lighthouse", "--journal", path, "--out", dir .. "/")
+      assert.are.equal(0, run.code, run.err)
+      local id = events_of(run, "created")[1].task_id
+      local records = journal_records(path)
+      local types = {}
+      for i, r in ipairs(records) do types[i] = r.t end
+      assert.are.same({ "intent", "created", "finished" }, types)
+      assert.are.equal("a journaled lighthouse", records[1].input.nano_banana_pro_input.prompt)
+      assert.are.same({ records[1].lid, id }, { records[2].lid, records[2].id })
+      assert.are.same({ id, "success" }, { records[3].id, records[3].state })
+      assert.is_nil(read_file(path):find(emu.key, 1, true))
+      assert.is_nil(read_file(path):find("Bearer", 1, true))
+    end)
+
+    it("DH3_JOURNAL is the journal when --journal is not given; empty, there is none", function()
+      local path = dir .. "/from-env"
+      local with = { DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url, DH3_JOURNAL = path }
+      local run = dh3(with, "generate", "--no-wait", "a journaled kite")
+      assert.are.equal(0, run.code, run.err)
+      local records = journal_records(path)
+      assert.are.same({ "intent", "created" }, { records[1].t, records[2].t })
+      assert.are.equal(events_of(run, "created")[1].task_id, records[2].id)
+      local pending = dh3({ DH3_JOURNAL = path }, "pending")
+      assert.are.equal(0, pending.code, pending.err)
+      assert.are.equal(records[2].id, pending.events[1].task_id)
+      with.DH3_JOURNAL = ""
+      run = dh3(with, "generate", "--no-wait", "a kite on no journal")
+      assert.are.equal(0, run.code, run.err)
+      assert.are.equal(2, #journal_records(path))
+    end)
+
+    it("after --no-wait: pending lists the task, resume saves it, then pending lists nothing", function()
+      local path = dir .. "/journal"
+      local created = dh3(env, "generate", "--no-wait", "a resumed fox {emu:process=0.5}", "a resumed owl",
+        "--journal", path)
+      assert.are.equal(0, created.code, created.err)
+      local a, b = created.events[1].task_id, created.events[2].task_id
+
+      -- the journal only: no request, no key needed
+      local before = requests(emu)
+      local listed = dh3(nil, "pending", "--journal", path)
+      assert.are.equal(0, listed.code, listed.err)
+      assert.are.equal(before, requests(emu))
+      assert.are.equal("pending pending", names(listed))
+      assert.are.same({ a, "a resumed fox {emu:process=0.5}" }, { listed.events[1].task_id, listed.events[1].prompt })
+      assert.are.same({ b, "a resumed owl" }, { listed.events[2].task_id, listed.events[2].prompt })
+      assert.is_true(math.abs(os.time() - listed.events[1].at) < 60)
+      assert.are.equal("", listed.err)
+
+      local saved_to = dir .. "/resumed"
+      local resumed = dh3(env, "resume", "--journal", path, "--out", saved_to)
+      assert.are.equal(0, resumed.code, resumed.err)
+      assert.are.equal("", resumed.err)
+      local saved = events_of(resumed, "saved")
+      assert.are.equal(2, #saved)
+      local seen = {}
+      for _, e in ipairs(saved) do
+        seen[e.index] = e.task_id
+        assert.are.equal(saved_to .. "/" .. e.task_id .. ".png", e.path)
+        assert.are.equal(e.bytes, #read_file(e.path))
+      end
+      assert.are.same({ a, b }, seen)
+
+      local after = dh3(nil, "pending", "--journal", path)
+      assert.are.equal(0, after.code, after.err)
+      assert.are.equal("", after.out)
+      local again = dh3(env, "resume", "--journal", path, "--out", saved_to)
+      assert.are.same({ 0, "", "" }, { again.code, again.out, again.err })
+    end)
+
+    it("an unanswered create shows in pending and on resume's stderr, and does not fail the run", function()
+      local path = dir .. "/journal"
+      local created = dh3(env, "generate", "--no-wait", "a found one", "--journal", path)
+      assert.are.equal(0, created.code, created.err)
+      local lid = unanswered_intent(path, "lost one")
+      assert.matches("^%x+$", lid)
+
+      local listed = dh3(nil, "pending", "--journal", path, "--json")
+      assert.are.equal(0, listed.code, listed.err)
+      assert.are.equal("pending unanswered", names(listed))
+      local u = listed.events[2]
+      assert.are.same({ lid, "lost one" }, { u.local_id, u.prompt })
+      assert.are.equal("number", type(u.at))
+
+      local resumed = dh3(env, "resume", "--journal", path, "--out", dir .. "/")
+      assert.are.equal(0, resumed.code, resumed.err)
+      assert.are.equal(1, #events_of(resumed, "saved"))
+      assert.are.same({ lid, "lost one" }, { events_of(resumed, "unanswered")[1].local_id,
+        events_of(resumed, "unanswered")[1].prompt })
+      assert.matches("^dh3: possibly created, id unknown: tell the service's support: local id " .. lid
+        .. ', prompt "lost one", sent %d+%-%d+%-%d+ %d+:%d+:%d+ UTC\n$', resumed.err)
+
+      -- it cannot be resumed: it stays listed, for the support
+      local after = dh3(nil, "pending", "--journal", path)
+      assert.are.equal("unanswered", names(after))
+    end)
+
+    it("pending and resume with no journal, or no file at its path, are usage errors (2)", function()
+      for _, args in ipairs({
+        { "pending" },
+        { "resume" },
+        { "pending", "--journal", "" },
+        { "pending", "--journal", dir .. "/no-such-journal" },
+        { "resume", "--journal", dir .. "/no-such-journal" },
+      }) do
+        local run = dh3(env, table.unpack(args))
+        local what = table.concat(args, " ")
+        assert.are.equal(2, run.code, what .. ": " .. run.err)
+        assert.matches("Usage: dh3 " .. args[1], run.err, nil, true)
+        assert.matches("Error: no journal", run.err, nil, true)
+        assert.are.equal("", run.out)
+      end
+      assert.is_nil(read_file(dir .. "/no-such-journal")) -- looking did not create it
+    end)
+
+    it("a journal another process holds: a clear error of kind journal, exit 3, and nothing sent", function()
+      local path = dir .. "/journal"
+      local created = dh3(env, "generate", "--no-wait", "a contested task", "--journal", path)
+      assert.are.equal(0, created.code, created.err)
+      local holder = child(([[
+        local j = assert(require("dh3.journal").open(%q))
+        print("holding")
+        require("socket").sleep(30)
+      ]]):format(path))
+      assert.are.equal("holding", holder.pipe:read("l"))
+      local before = requests(emu)
+      local runs = {
+        dh3(env, "resume", "--journal", path, "--out", dir .. "/"),
+        dh3(env, "pending", "--journal", path),
+        dh3(env, "generate", "a second writer", "--journal", path),
+      }
+      os.execute("kill -9 " .. holder.pid)
+      holder.pipe:close()
+      for _, run in ipairs(runs) do
+        assert.are.equal(3, run.code, run.err)
+        local e = events_of(run, "error")[1]
+        assert.are.equal("journal", e.kind)
+        assert.matches("is in use by process " .. holder.pid, e.message, nil, true)
+        assert.matches("^dh3: journal: the journal .* is in use by process " .. holder.pid .. "\n$", run.err)
+      end
+      assert.are.equal(before, requests(emu))
+      -- released by the holder's death: the task is still there to resume
+      local resumed = dh3(env, "resume", "--journal", path, "--out", dir .. "/")
+      assert.are.equal(0, resumed.code, resumed.err)
+      assert.are.equal(created.events[1].task_id, events_of(resumed, "saved")[1].task_id)
+    end)
+
+    it("wait --journal records the end of a journaled task: pending no longer lists it", function()
+      local path = dir .. "/journal"
+      local created = dh3(env, "generate", "--no-wait", "a waited bell", "--journal", path)
+      local id = created.events[1].task_id
+      assert.are.equal(id, dh3(nil, "pending", "--journal", path).events[1].task_id)
+      local waited = dh3(env, "wait", id, "--journal", path)
+      assert.are.equal(0, waited.code, waited.err)
+      assert.are.equal("", dh3(nil, "pending", "--journal", path).out)
     end)
   end)
 
@@ -365,6 +591,12 @@ describe("dh3.cli.format", function()
     { "duration", format.duration, { 12.34 }, "12.3s" },
     { "duration", format.duration, { 65 }, "1m05s" },
     { "duration", format.duration, { 7380 }, "2h03m" },
+    { "age", format.age, { 45.9 }, "45s" },
+    { "age", format.age, { 754 }, "12m" },
+    { "age", format.age, { 11100 }, "3h05m" },
+    { "age", format.age, { 187200 }, "2d04h" },
+    { "age", format.age, { -5 }, "0s" },
+    { "age", format.age, { -3600 }, "?" },
     { "bar", format.bar, { 0, 4 }, "[    ]" },
     { "bar", format.bar, { 0.5, 4 }, "[=>  ]" },
     { "bar", format.bar, { 1, 4 }, "[====]" },
@@ -453,6 +685,57 @@ describe("dh3.cli.terminal", function()
     assert.matches("prompt 3\n", text, nil, true)
     assert.is_nil(text:find("prompt 4", 1, true))
     assert.matches("... and 7 more", text, nil, true)
+  end)
+end)
+
+describe("dh3.cli.pending", function()
+  local pending = require "dh3.cli.pending"
+
+  local function buffer()
+    local b = { text = {} }
+    function b:write(...) for _, v in ipairs({ ... }) do self.text[#self.text + 1] = v end end
+    function b:get() return table.concat(self.text) end
+    return b
+  end
+
+  local function body(prompt)
+    return { model = "nano-banana-pro", nano_banana_pro_input = { prompt = prompt } }
+  end
+
+  it("shows people a table of each kind: id, age, prompt, cut to the terminal's width", function()
+    local out = buffer()
+    pending.print(out, {
+      tasks = { { task_id = ("a"):rep(32), local_id = "l1", input = body("a red fox in snow"), created_at = 1000 } },
+      unanswered = {
+        { local_id = ("b"):rep(32), input = body("lost one " .. ("very "):rep(20) .. "long"), at = 400 },
+        { local_id = ("c"):rep(32), at = 990 }, -- its intent unreadable: no prompt known
+      },
+    }, "/j", 80, 1065)
+    local lines = {}
+    for line in out:get():gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
+    assert.are.same({
+      "1 task created, not seen to finish (dh3 resume):",
+      "  task id                           age      prompt",
+      "  " .. ("a"):rep(32) .. "  1m       a red fox in snow",
+      "",
+      "2 creates with no answer: possibly created, id unknown.",
+      "  local id                          age      prompt",
+      "  " .. ("b"):rep(32) .. "  11m      lost one very very very very ve...",
+      "  " .. ("c"):rep(32) .. "  1m       (unknown)",
+      "Only the service's support can trace them: give it the local id and prompt.",
+    }, lines)
+    for _, line in ipairs(lines) do assert.is_true(#line <= 79, line) end
+    out = buffer()
+    pending.print(out, { tasks = {}, unanswered = {} }, "/j", 80, 0)
+    assert.are.equal("Nothing pending in /j.\n", out:get())
+  end)
+
+  it("says an unanswered create in one line, its prompt cut and without control characters", function()
+    local line = pending.unanswered_line{ local_id = "ab12", input = body("two\nlines " .. ("x"):rep(300)), at = 0 }
+    assert.matches('^dh3: possibly created, id unknown: tell the service\'s support: local id ab12, '
+      .. 'prompt "two lines x+%.%.%.", sent 1970%-01%-01 00:00:00 UTC$', line)
+    assert.is_nil(line:find("\n"))
+    assert.matches('prompt unknown, sent an unknown time$', pending.unanswered_line{ local_id = "ab12" })
   end)
 end)
 

@@ -49,7 +49,7 @@ local JOURNAL_HELP = [[
 The journal: a file of every create made with --journal (dh3 generate --journal PATH, or
 DH3_JOURNAL set). A create's intent is on disk before its request leaves and its task id as soon
 as it arrives, so a run cut short (Ctrl-C, a crash, a lost connection) leaves a trace of what
-was paid for. It lists:
+was paid for. It holds:
    tasks created but not seen to finish: dh3 resume waits on them and saves their images;
    creates whose answer never came back: possibly created, id unknown. They cannot be resumed;
    tell the service's support their local id, prompt and time.]]
@@ -121,8 +121,10 @@ local function resume(parser)
   add_journal_option(cmd, "The journal to resume; tasks seen to end are recorded in it.")
   cmd:option("--out", "The folder to save into (created when missing).", "."):argname("<DIR>")
   add_wait_options(cmd)
-  cmd:epilog(JOURNAL_HELP .. "\n\nWith --json, each unanswered create is also an event on stdout:\n"
-    .. "{\"event\":\"unanswered\",\"local_id\":..,\"prompt\":..,\"at\":..}.\n\n" .. EPILOG)
+  cmd:epilog(JOURNAL_HELP .. "\n\nAs JSON lines, stdout also carries one event per unanswered create:\n"
+    .. "   {\"event\":\"unanswered\",\"local_id\":..,\"prompt\":..,\"at\":..} (at: Unix seconds).\n"
+    .. "The rows and events of the tasks are those of dh3 download; index is a task's place in the journal.\n\n"
+    .. EPILOG)
   return cmd
 end
 
