@@ -503,6 +503,35 @@ describe("the dh3 command", function()
       assert.are.equal(created.events[1].task_id, events_of(resumed, "saved")[1].task_id)
     end)
 
+    it("Ctrl-C with a create in flight: the intent is on disk, and pending and resume report it", function()
+      local slow = emulator.start{ "--latency", "20" } -- no answer comes while the spec runs
+      local path = dir .. "/journal"
+      local errfile = dir .. "/stderr"
+      local words = env_words{ DH3_API_KEY = slow.key, DH3_BASE_URL = slow.url }
+      local p = assert(io.popen("echo $$; exec " .. table.concat(words, " ") .. " lua5.4 bin/dh3 generate "
+        .. sh("an interrupted create") .. " --journal " .. sh(path) .. " 2>" .. sh(errfile)))
+      local pid = assert(tonumber(p:read("l")))
+      local deadline = now() + 5
+      while not (read_file(path) or ""):find('"intent"', 1, true) and now() < deadline do
+        os.execute("sleep 0.05")
+      end
+      os.execute("kill -INT " .. pid)
+      local stdout = p:read("a")
+      local _, _, code = p:close()
+      slow:stop()
+      assert.are.equal(130, code)
+      assert.are.equal("", stdout)
+      assert.matches("^dh3: interrupted; 1 create cut off in flight, possibly created, id unknown %(in the "
+        .. "journal: dh3 pending %-%-journal .*%)\n$", read_file(errfile))
+      local listed = dh3(nil, "pending", "--journal", path)
+      assert.are.equal("unanswered", names(listed))
+      assert.are.equal("an interrupted create", listed.events[1].prompt)
+      local resumed = dh3(env, "resume", "--journal", path)
+      assert.are.equal(0, resumed.code, resumed.err)
+      assert.matches("local id " .. listed.events[1].local_id .. ', prompt "an interrupted create"', resumed.err,
+        nil, true)
+    end)
+
     it("wait --journal records the end of a journaled task: pending no longer lists it", function()
       local path = dir .. "/journal"
       local created = dh3(env, "generate", "--no-wait", "a waited bell", "--journal", path)

@@ -102,19 +102,32 @@ local function id_jobs(args, command)
 end
 
 -- Runs the jobs; Ctrl-C ends the run, with the ids still at work said, so no paid task is lost
--- (with a journal they are in it too: `journal` is its path).
+-- (with a journal they are in it too: `journal` is its path), and the creates cut off in flight
+-- (their answer, and so their id, never came: only a journal keeps a trace of them).
 local function run(client, jobs, plan, reporter, redraw, journal)
   local ok, code = pcall(jobs_mod.run, client, jobs, plan, reporter, redraw)
   if ok then return code end
   if not tostring(code):find("interrupted!", 1, true) then error(code, 0) end
   reporter:close()
-  local open = {}
+  local open, in_flight = {}, 0
   for _, job in ipairs(jobs) do
-    if job.task and job.task.id and not job.code then open[#open + 1] = job.task.id end
+    if job.task and job.task.id and not job.code then
+      open[#open + 1] = job.task.id
+    elseif job.phase == "creating" then
+      in_flight = in_flight + 1
+    end
   end
-  local how = journal and "dh3 resume --journal " .. journal or "dh3 wait ID"
-  io.stderr:write("dh3: interrupted", #open > 0 and ("; still running at the service (" .. how .. "): "
-    .. table.concat(open, " ")) or "", "\n")
+  local message = { "dh3: interrupted" }
+  if #open > 0 then
+    local how = journal and "dh3 resume --journal " .. journal or "dh3 wait ID"
+    message[#message + 1] = "still running at the service (" .. how .. "): " .. table.concat(open, " ")
+  end
+  if in_flight > 0 then
+    message[#message + 1] = ("%d %s cut off in flight, possibly created, id unknown%s"):format(in_flight,
+      in_flight == 1 and "create" or "creates",
+      journal and " (in the journal: dh3 pending --journal " .. journal .. ")" or "")
+  end
+  io.stderr:write(table.concat(message, "; "), "\n")
   return exitcode.INTERRUPTED
 end
 
