@@ -1,6 +1,7 @@
 local dh3 = require "dh3"
 local core = require "dh3.core"
 local emulator = require "helpers.emulator"
+local SLOW = require("helpers.timing").SLOW
 local files = require "helpers.files"
 local tmpdir, listdir, read_file = files.tmpdir, files.ls, files.read_file
 
@@ -173,7 +174,7 @@ describe("dh3 against the emulator", function()
       assert.is_nil(ok)
       assert.are.equal("timeout", err.kind)
       assert.are.equal(task.id, err.task_id)
-      assert.is_true(took >= 0.2 and took < 0.5, tostring(took))
+      assert.is_true(took >= 0.2 and took < 0.5 * SLOW, tostring(took))
       assert.are.equal(task, task:wait{ timeout = 5, interval = 0.05 })
     end)
 
@@ -228,7 +229,7 @@ describe("dh3 against the emulator", function()
       assert.are.equal(7, stats.creates)
       assert.are.equal(0, count(stats, CREATE, 429))
       assert.is_true(took >= 2.0, "7 creates at 3/s take two windows: " .. took)
-      assert.is_true(took < 3.5, tostring(took))
+      assert.is_true(took < 3.5 * SLOW, tostring(took))
     end)
 
     it("without pacing, meets the service's 429 and honours Retry-After", function()
@@ -482,7 +483,7 @@ describe("dh3 under faults", function()
     assert.is_nil(task)
     assert.are.equal("timeout", err.kind)
     assert.is_true(err.maybe_created)
-    assert.is_true(core.now() - t0 < 0.5)
+    assert.is_true(core.now() - t0 < 0.5 * SLOW)
   end)
 
   it("retries a create whose connection was refused, which certainly created nothing", function()
@@ -513,7 +514,7 @@ describe("dh3 under faults", function()
       os.execute("sleep 0.01")
     end
     assert.is_table(result)
-    assert.is_true(longest < 0.05, "longest update: " .. longest)
+    assert.is_true(longest < 0.05 * SLOW, "longest update: " .. longest)
   end)
 end)
 

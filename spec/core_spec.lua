@@ -9,17 +9,7 @@ local shell_quote, make_tmpdir, ls = files.quote, files.tmpdir, files.ls
 local read_file, write_file = files.read_file, files.write_file
 
 -- Timing bounds are generous, and more so under valgrind or the sanitizers.
-local SLOW = 1
-do
-  local f = io.open("/proc/self/maps", "r")
-  local maps = f and f:read("a") or ""
-  if f then f:close() end
-  if maps:find("vgpreload", 1, true) then
-    SLOW = 25
-  elseif maps:find("libasan", 1, true) then
-    SLOW = 4
-  end
-end
+local SLOW = require("helpers.timing").SLOW
 
 -- {=====================================================================
 -- The test server

@@ -1,0 +1,14 @@
+-- How much slower than usual this run is: timing bounds in specs are multiplied by SLOW, which is
+-- larger under valgrind or the sanitizers (CI runs the whole suite under both).
+local M = { SLOW = 1 }
+
+local f = io.open("/proc/self/maps", "r")
+local maps = f and f:read("a") or ""
+if f then f:close() end
+if maps:find("vgpreload", 1, true) then
+  M.SLOW = 25
+elseif maps:find("libasan", 1, true) then
+  M.SLOW = 4
+end
+
+return M
