@@ -27,7 +27,7 @@ BUSTED_ARGS  ?=
 
 # Debian packages the project needs: to build, to test, and for the emulator and the command line.
 DEB_PACKAGES ?= lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket lua-zlib \
-                lua-argparse luarocks pkg-config gcc make tmux
+                lua-argparse luarocks pkg-config gcc make tmux lua-sec openssl
 DEPS_STAMP   ?= .deps-ok
 
 SRCS    = $(wildcard src/*.c)

@@ -13,7 +13,8 @@ local Emulator = setmetatable({}, { __index = process.Process })
 Emulator.__index = Emulator
 
 --- args: array of extra command-line flags. Unless args.keys is false, the emulator accepts
--- exactly one key, emu.key.
+-- exactly one key, emu.key. With --tls-cert CERT (HTTPS), emu.ca_file is CERT: the certificate a
+-- client must trust (a self-signed one is its own authority).
 function M.start(args)
   args = args or {}
   local argv = {}
@@ -23,13 +24,17 @@ function M.start(args)
   for _, a in ipairs(args) do argv[#argv + 1] = a end
   local emu = assert(process.start(argv, { lua = os.getenv("DH3_SPEC_LUA") }))
   emu.key = KEY
+  for i, a in ipairs(argv) do
+    if a == "--tls-cert" then emu.ca_file = argv[i + 1] end
+  end
   return setmetatable(emu, Emulator)
 end
 
---- Makes a plain HTTP request to the emulator with luasocket (independent of the client under test).
--- Returns status, body, headers.
+--- Makes a plain HTTP request to the emulator with luasocket (independent of the client under test;
+-- over HTTPS with luasec, trusting emu.ca_file). Returns status, body, headers.
 function Emulator:http(method, path, body, headers)
-  local http = require "socket.http"
+  local https = self.url:match("^https:") ~= nil
+  local http = require(https and "ssl.https" or "socket.http")
   local ltn12 = require "ltn12"
   local out = {}
   headers = headers or {}
@@ -38,6 +43,7 @@ function Emulator:http(method, path, body, headers)
     url = self.url .. path, method = method, headers = headers,
     source = body and ltn12.source.string(body) or nil,
     sink = ltn12.sink.table(out),
+    cafile = https and self.ca_file or nil, verify = https and "peer" or nil,
   }
   return status, table.concat(out), resp_headers
 end

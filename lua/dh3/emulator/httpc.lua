@@ -11,19 +11,23 @@ local http1 = require "dh3.emulator.http1"
 
 local M = {}
 
---- Splits an http URL into host, port, path-and-query; nil for anything else.
-function M.parse_url(url)
+local DEFAULT_PORTS = { http = 80, https = 443 }
+
+--- Splits an http URL into host, port, path-and-query, scheme; nil for anything else. With
+-- `https` true, https URLs are split too (requests only speak http).
+function M.parse_url(url, https)
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
-  if not scheme or scheme:lower() ~= "http" then return nil end
+  scheme = scheme and scheme:lower()
+  if not (scheme == "http" or (https and scheme == "https")) then return nil end
   local authority, path = rest:match("^([^/?#]*)(.*)$")
   authority = authority:gsub("^.*@", "") -- user info is not ours to send
   local host, port = authority:match("^%[([%x:.]+)%]:?(%d*)$")
   if not host then host, port = authority:match("^([^:]+):?(%d*)$") end
   if not host or host == "" then return nil end
-  port = port ~= "" and tonumber(port) or 80
+  port = port ~= "" and tonumber(port) or DEFAULT_PORTS[scheme]
   path = path:gsub("#.*$", "")
   if path == "" or path:sub(1, 1) == "?" then path = "/" .. path end
-  return host, port, path
+  return host, port, path, scheme
 end
 
 --- True for a host that needs no DNS lookup (an IP literal or localhost): name resolution in

@@ -63,9 +63,13 @@ function M.new(opts)
   seed_streams(emu, { "ids" })
   emu.stats = stats.new(emu.started)
   emu.tasks = tasks.new(emu)
+  if (o.tls_cert == nil) ~= (o.tls_key == nil) then
+    error("dh3.emulator.new: tls_cert and tls_key go together", 2)
+  end
   emu.loop = looplib.new{ on_error = function(msg) emu:log_error(msg) end }
   local srv, err = server.new{
     host = o.host, port = o.port, loop = emu.loop, handler = api.handler(emu),
+    tls = o.tls_cert and { certificate = o.tls_cert, key = o.tls_key } or nil,
     max_body = o.max_body, idle_timeout = o.idle_timeout,
     on_error = function(msg) emu:log_error(msg) end,
     error_body = function(status, message)
@@ -80,12 +84,12 @@ function M.new(opts)
     local host = srv:host()
     if any_address(host) then host = host:find(":", 1, true) and "::1" or "127.0.0.1" end
     if host:find(":", 1, true) then host = "[" .. host .. "]" end
-    emu.public_url = ("http://%s:%d"):format(host, srv:port())
+    emu.public_url = ("%s://%s:%d"):format(o.tls_cert and "https" or "http", host, srv:port())
   end
   return emu
 end
 
---- "http://HOST:PORT", where it listens.
+--- "http://HOST:PORT" (https with tls_cert), where it listens.
 function Emulator:url()
   return self.server:url()
 end

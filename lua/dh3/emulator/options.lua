@@ -27,6 +27,8 @@ M.SPECS = {
   { "idle_timeout", "positive", 30, "seconds before an idle connection is closed" },
   { "max_body", "count", 1024 * 1024, "largest request body in bytes; larger ones get 413" },
   { "log", "flag", false, "log each request to stderr" },
+  { "tls_cert", "file", nil, "serve HTTPS with this PEM certificate (chain); needs --tls-key and luasec" },
+  { "tls_key", "file", nil, "the PEM private key of --tls-cert" },
 }
 
 M.BY_NAME = {}
@@ -102,6 +104,10 @@ local CHECK = {
     if not any then return nil, "must name at least one key" end
     return set
   end,
+  file = function(v)
+    if type(v) ~= "string" or v == "" then return nil, "must be a file path" end
+    return v
+  end,
   flag = function(v)
     if type(v) ~= "boolean" then return nil, "must be true or false" end
     return v
@@ -126,7 +132,7 @@ end
 
 local ARGNAMES = {
   seconds = "<SECONDS>", positive = "<SECONDS>", rate = "<RATE>", count = "<N>", credits = "<N>",
-  integer = "<N>", port = "<PORT>", host = "<HOST>", url = "<URL>", keys = "<K1,K2,...>",
+  integer = "<N>", port = "<PORT>", host = "<HOST>", url = "<URL>", keys = "<K1,K2,...>", file = "<FILE>",
 }
 
 --- The argparse parser for the command line.
@@ -139,7 +145,7 @@ function M.parser()
 Introspection (no key needed): GET /_emulator/stats, POST /_emulator/reset,
 GET or POST /_emulator/config (a JSON object of the options marked *, with _ for -,
 e.g. {"fault_5xx": 0.5, "credits": null}).
-The first line printed is "listening on http://HOST:PORT".]])
+The first line printed is "listening on http://HOST:PORT" (https with --tls-cert).]])
   parser:help_max_width(100)
   for _, spec in ipairs(M.SPECS) do
     local name, kind, default, help = spec[1], spec[2], spec[3], spec[4]
@@ -170,6 +176,9 @@ function M.parse_args(argv)
   local opts = M.defaults()
   for name in pairs(M.BY_NAME) do
     if result[name] ~= nil then opts[name] = result[name] end
+  end
+  if (opts.tls_cert == nil) ~= (opts.tls_key == nil) then
+    return nil, ("%s\n\nError: --tls-cert and --tls-key go together"):format(parser:get_usage())
   end
   return opts
 end

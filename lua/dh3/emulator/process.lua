@@ -23,7 +23,7 @@ function M.start(argv, opts)
   local pipe = assert(io.popen("echo $$; exec " .. table.concat(cmd, " ") .. " 2>&1", "r"))
   local pid = tonumber(pipe:read("l"))
   local first = pipe:read("l")
-  local url = first and first:match("^listening on (http://%S+)")
+  local url = first and first:match("^listening on (https?://%S+)")
   if not (pid and url) then
     pipe:close()
     return nil, "dh3-emulator did not start: " .. tostring(first)

@@ -19,7 +19,7 @@ local LOOPBACK = { localhost = true, ["::1"] = true }
 -- Whether host:port is this emulator itself.
 local function is_self(emu, host, port)
   if port ~= emu.server:port() then return false end
-  local public_host = httpc.parse_url(emu.public_url)
+  local public_host = httpc.parse_url(emu.public_url, true)
   return LOOPBACK[host:lower()] ~= nil or host:match("^127%.") ~= nil
     or host == emu.server:host() or host == public_host
 end
@@ -27,9 +27,9 @@ end
 --- The ratio for "auto" given the first reference image's URL. Returns it at once when no request
 -- is needed; otherwise returns nil and later calls done(ratio) from a loop coroutine.
 function M.ratio(emu, url, done)
-  local host, port, path = httpc.parse_url(url)
+  local host, port, path, scheme = httpc.parse_url(url, true)
   if not host then return "1:1" end
-  if is_self(emu, host, port) then
+  if scheme == (emu.server.tls_ctx and "https" or "http") and is_self(emu, host, port) then
     -- what fetching it would find: an image only for a finished, successful task
     local id, ext = path:match("^/files/(%x+)%.(%a+)$")
     local task = id and emu.tasks:find(id)
@@ -38,7 +38,7 @@ function M.ratio(emu, url, done)
     end
     return "1:1"
   end
-  if not httpc.is_literal_host(host) then return "1:1" end
+  if scheme ~= "http" or not httpc.is_literal_host(host) then return "1:1" end
 
   local result, waiting = nil, false
   emu.loop:spawn(function()

@@ -1,6 +1,7 @@
 -- A generic, non-blocking HTTP/1.1 server on luasocket: keep-alive, pipelining, Content-Length and
--- chunked request bodies, Expect: 100-continue, HEAD, size limits, idle timeouts. It knows nothing
--- of the DH3 API, so the client's webhook receiver can use it too.
+-- chunked request bodies, Expect: 100-continue, HEAD, size limits, idle timeouts, and HTTPS when
+-- given a certificate (luasec, loaded only then). It knows nothing of the DH3 API, so the client's
+-- webhook receiver can use it too.
 --
 --   local server = require "dh3.emulator.server"
 --   local srv = assert(server.new{
@@ -60,10 +61,27 @@ Server.__index = Server
 --- opts: handler (required), host ("127.0.0.1"), port (0), loop (a dh3.emulator.loop; a new one
 -- by default), max_body (1 MiB), max_header (16 KiB), idle_timeout (30 s), backlog (1024),
 -- error_body(status, message) -> headers, body (how the server's own refusals look),
--- on_error(message) (default: stderr). Returns the server, or nil, err if it cannot listen.
+-- on_error(message) (default: stderr), tls ({certificate = PEM file, key = PEM file}: serve HTTPS).
+-- Returns the server, or nil, err if it cannot listen (or load the certificate).
 function M.new(opts)
   assert(type(opts) == "table" and type(opts.handler) == "function", "server.new: opts.handler required")
   local on_error = opts.on_error or function(msg) io.stderr:write("http server: ", msg, "\n") end
+  local ssl, tls_ctx
+  if opts.tls then
+    local ok, lib = pcall(require, "ssl")
+    if not ok then return nil, "HTTPS needs luasec (Debian: lua-sec): " .. tostring(lib) end
+    for _, file in ipairs({ opts.tls.certificate, opts.tls.key }) do
+      local f, ferr = io.open(file, "r")
+      if not f then return nil, "cannot read " .. tostring(ferr) end
+      f:close()
+    end
+    local ctx, cerr = lib.newcontext{
+      mode = "server", protocol = "any", certificate = opts.tls.certificate, key = opts.tls.key,
+      options = { "all" },
+    }
+    if not ctx then return nil, "cannot load the TLS certificate or key: " .. tostring(cerr) end
+    ssl, tls_ctx = lib, ctx
+  end
   local loop = opts.loop or looplib.new{ on_error = on_error }
   local lsock, err = socket.bind(opts.host or "127.0.0.1", opts.port or 0, opts.backlog or 1024)
   if not lsock then return nil, err end
@@ -80,6 +98,7 @@ function M.new(opts)
     idle_timeout = opts.idle_timeout or 30,
     error_body = opts.error_body or default_error_body,
     on_error = on_error,
+    ssl = ssl, tls_ctx = tls_ctx,
     streams = {},          -- open connections, for close()
     open = 0, total = 0,   -- connection counters
     closed = false,
@@ -91,11 +110,11 @@ end
 function Server:port() return self.bound_port end
 function Server:host() return self.bound_host end
 
---- "http://HOST:PORT" of the listening socket.
+--- "http://HOST:PORT" (or https) of the listening socket.
 function Server:url()
   local h = self.bound_host
   if h:find(":", 1, true) then h = "[" .. h .. "]" end
-  return ("http://%s:%d"):format(h, self.bound_port)
+  return ("%s://%s:%d"):format(self.tls_ctx and "https" or "http", h, self.bound_port)
 end
 
 --- Connection counters: {open = n, total = n}.
@@ -155,10 +174,14 @@ function Server:read_request(conn, deadline)
   if path:sub(1, 1) ~= "/" and not (method == "OPTIONS" and target == "*") then
     return http1.problem(400, "malformed request target")
   end
-  local ip, port = conn.sock:getpeername()
+  local peer = conn.peer
+  if not peer then
+    local ip, port = conn.sock:getpeername()
+    peer = ip and (ip .. ":" .. tostring(port))
+  end
   local req = {
     method = method, target = target, path = path, query = query ~= "" and query or nil,
-    version = major .. "." .. minor, headers = headers, peer = ip and (ip .. ":" .. tostring(port)),
+    version = major .. "." .. minor, headers = headers, peer = peer,
   }
 
   local framing, fproblem = http1.framing(headers, false)
@@ -218,7 +241,7 @@ end
 -- for a moment before closing: closing with unread data makes the kernel reset the connection,
 -- and the client may lose the answer it has not read yet.
 function Server:linger(conn)
-  conn.sock:shutdown("send")
+  if not conn.tls then conn.sock:shutdown("send") end -- (a TLS socket has no half-close)
   local deadline = self.loop:now() + LINGER
   local drained = 0
   while drained < 64 * 1024 * 1024 do
@@ -254,6 +277,10 @@ end
 function Server:serve_connection(conn)
   self.streams[conn] = true
   local ok, err = pcall(function()
+    -- a peer that fails the handshake (one that refuses our certificate, say) just leaves
+    if self.tls_ctx and not conn:starttls(self.ssl, self.tls_ctx, self.loop:now() + self.idle_timeout) then
+      return
+    end
     while not self.closed do
       local deadline = self.loop:now() + self.idle_timeout
       local req, problem = self:read_request(conn, deadline)

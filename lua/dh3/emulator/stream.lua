@@ -1,6 +1,8 @@
 -- A buffered, non-blocking socket for coroutines of a dh3.emulator.loop: read a line, read n
 -- bytes, send everything, each with an absolute deadline. Shared by the HTTP server and the
--- small HTTP client, so both parse with the same care.
+-- small HTTP client, so both parse with the same care. A stream may also carry TLS (starttls, with
+-- luasec): luasec's sockets read and send like luasocket's, but say "wantread" or "wantwrite" where
+-- luasocket says "timeout" (TLS may need to write in order to read, and the other way around).
 local M = {}
 
 local READ_CHUNK = 65536
@@ -14,6 +16,41 @@ function M.new(loop, sock)
   return setmetatable({ loop = loop, sock = sock, buf = "", eof = false }, Stream)
 end
 
+-- Whether err only means "not now", and what to wait for: the socket to become readable (true)
+-- or writable (false); nil for a real error. `reading`: what a plain socket's timeout waits for.
+local function again(err, reading)
+  if err == "timeout" then return reading end
+  if err == "wantread" then return true end
+  if err == "wantwrite" then return false end
+  return nil
+end
+
+-- Waits as again() said.
+function Stream:wait(readable, deadline)
+  if readable then return self.loop:wait_readable(self.sock, deadline) end
+  return self.loop:wait_writable(self.sock, deadline)
+end
+
+--- Turns the stream into the server side of a TLS connection (ssl: luasec's module, ctx: a server
+-- context), the handshake done without blocking the loop. true, or nil, err. The peer's address
+-- is kept in self.peer (luasec's sockets cannot say it).
+function Stream:starttls(ssl, ctx, deadline)
+  local ip, port = self.sock:getpeername()
+  self.peer = ip and (ip .. ":" .. tostring(port))
+  local tls, err = ssl.wrap(self.sock, ctx) -- takes the descriptor over from the plain socket
+  if not tls then return nil, err end
+  self.sock, self.tls = tls, true
+  tls:settimeout(0)
+  while true do
+    local ok, herr = tls:dohandshake()
+    if ok then return true end
+    local readable = again(herr, true)
+    if readable == nil then return nil, herr end
+    local waited, werr = self:wait(readable, deadline)
+    if not waited then return nil, werr end
+  end
+end
+
 --- Reads what is available, waiting until at least one byte arrives or the deadline passes.
 -- Returns true, or nil and "timeout" | "closed" | a socket error. eof is set once the peer has
 -- closed its side; what it sent before stays readable in buf.
@@ -24,10 +61,11 @@ function Stream:fill(deadline)
     local data, err, partial = self.sock:receive(READ_CHUNK)
     data = data or partial
     if data and #data > 0 then parts[#parts + 1] = data end
-    if err == "timeout" then
+    local readable = again(err, true)
+    if readable ~= nil then
       -- luasocket buffers internally: drain it before trusting select again
       if #parts > 0 then break end
-      local ok, werr = self.loop:wait_readable(self.sock, deadline)
+      local ok, werr = self:wait(readable, deadline)
       if not ok then return nil, werr end
     elseif err then
       self.eof = true
@@ -57,9 +95,10 @@ function Stream:read_exact(n, deadline)
       parts[#parts + 1] = data
       have = have + #data
     end
-    if err == "timeout" then
+    local readable = again(err, true)
+    if readable ~= nil then
       if have < n then
-        local ok, werr = self.loop:wait_readable(self.sock, deadline)
+        local ok, werr = self:wait(readable, deadline)
         if not ok then return nil, werr end
       end
     elseif err then
@@ -115,12 +154,13 @@ function Stream:send_all(data, deadline)
   local i, n = 1, #data
   while i <= n do
     local last, err, partial = self.sock:send(data, i)
+    local readable = again(err, false)
     if last then
       i = last + 1
-    elseif err == "timeout" then
+    elseif readable ~= nil then
       i = partial + 1
       if i <= n then
-        local ok, werr = self.loop:wait_writable(self.sock, deadline)
+        local ok, werr = self:wait(readable, deadline)
         if not ok then return nil, werr end
       end
     else
