@@ -62,9 +62,22 @@ local BEFORE_SENDING = {
   UNSUPPORTED_PROTOCOL = true, URL_MALFORMAT = true,
 }
 
+-- curl failures that mean the server's certificate was refused (or the trust settings are
+-- unusable): the TLS handshake failed, before any request was sent, and no retry changes that.
+local CERTIFICATE_REFUSED = {
+  PEER_FAILED_VERIFICATION = true, SSL_CACERT_BADFILE = true, SSL_CERTPROBLEM = true,
+  SSL_ISSUER_ERROR = true, SSL_PINNEDPUBKEYNOTMATCH = true, SSL_INVALIDCERTSTATUS = true,
+  SSL_CRL_BADFILE = true,
+}
+
+--- True when curl_error says the server's certificate was refused.
+function M.certificate_refused(curl_error)
+  return CERTIFICATE_REFUSED[curl_error] == true
+end
+
 --- True when a failed exchange certainly reached no server code (so a create made nothing).
 function M.certainly_unsent(res)
-  if BEFORE_SENDING[res.curl_error] then return true end
+  if BEFORE_SENDING[res.curl_error] or CERTIFICATE_REFUSED[res.curl_error] then return true end
   -- a connect or TLS handshake that timed out or failed had sent no request yet
   return (res.curl_error == "OPERATION_TIMEDOUT" or res.curl_error == "SSL_CONNECT_ERROR")
     and (res.request_size or 0) == 0

@@ -11,12 +11,15 @@ local RETRYABLE_READ = { network = true, timeout = true, rate_limited = true, se
 
 --- For a failed status read.
 function M.read_retryable(err)
+  if errors.certificate_refused(err.curl_error) then return false end
   return RETRYABLE_READ[err.kind] == true
 end
 
 --- For a failed create: (retryable, maybe_created).
 function M.create_retryable(err, res)
   local number = err.code or err.http_status
+  -- a refused certificate stays refused; and the handshake failed before anything was sent
+  if errors.certificate_refused(res.curl_error) then return false, false end
   if err.kind == "rate_limited" then return true, false end
   -- 503 is the service's "unavailable, nothing created" answer
   if err.kind == "server" and number == 503 then return true, false end
