@@ -5,7 +5,8 @@ local M = {}
 M.OK = 0
 M.TASK_FAILED = 1  -- the service ran the task and it ended in fail
 M.USAGE = 2        -- bad flags, input refused locally, no API key: fix the command and rerun
-M.ERROR = 3        -- the API or the network failed (auth refused, 4xx, 5xx, connection, bad answer)
+M.ERROR = 3        -- the API or the network failed (auth refused, 4xx, 5xx, connection, bad answer),
+                   -- or the journal (in use by another process, unreadable)
 M.TIMEOUT = 4      -- a wait or a request ran out of time; the task may still finish
 M.INTERRUPTED = 130 -- Ctrl-C (128 + SIGINT, as shells report it)
 
@@ -21,7 +22,8 @@ Exit codes:
    0    success
    1    a task failed (the service ended it in fail)
    2    usage: bad flags, input refused before sending, no API key
-   3    API or network error: key refused, service error, connection failure, bad answer
+   3    API or network error: key refused, service error, connection failure, bad answer;
+        or the journal is in use by another process or unreadable
    4    timeout: a task did not end within --timeout (wait on it again: dh3 wait ID)
    130  interrupted (Ctrl-C); the ids of tasks still running are printed
    With several tasks the worst wins, in this order: 130, 2, 3, 4, 1, 0.]]
