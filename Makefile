@@ -5,6 +5,7 @@
 #   make asan     the spec suite under AddressSanitizer + UBSan
 #   make valgrind the spec suite under valgrind memcheck
 #   make bench    benchmarks (bench/README.md)
+#   make fuzz     the libFuzzer harnesses, FUZZ_SECONDS each (fuzz/README.md)
 # Every path and tool is an overridable variable.
 
 LUA          ?= lua5.4
@@ -36,7 +37,7 @@ OBJDIR  ?= build
 OBJS    = $(SRCS:src/%.c=$(OBJDIR)/%.o)
 CORE    = dh3/core.so
 
-.PHONY: all deps test demo asan valgrind bench clean rock
+.PHONY: all deps test demo asan valgrind bench clean rock fuzz
 
 all: $(DEPS_STAMP) $(CORE)
 
@@ -94,6 +95,64 @@ BENCH_DEPS_STAMP   ?= bench/.deps-ok
 bench: all
 	@$(MAKE) --no-print-directory $(BENCH_DEPS_STAMP) DEPS_STAMP=$(BENCH_DEPS_STAMP) DEB_PACKAGES="$(BENCH_DEB_PACKAGES)"
 	LUA=$(LUA) CC=$(CC) $(LUA) bench/run.lua
+
+# Fuzzing (fuzz/README.md): libFuzzer + ASan + UBSan harnesses over the response path, the JSON
+# bridge and the webhook parser, built in FUZZ_DIR from the core's sources (dh3/core.so is not
+# touched). Each runs FUZZ_SECONDS from its seed corpus fuzz/corpus/<name>/, which stays as it is:
+# new inputs go to a temporary folder, merged into the corpus (-merge=1) only with FUZZ_MERGE=1.
+# A crash, leak, timeout or sanitizer report fails the target and names the reproducer; replay
+# one with `FUZZ_DIR/<name> <file>`. Installs its compiler the way `make deps` does.
+FUZZ_CC         ?= clang-14
+FUZZ_PACKAGES   ?= clang-14 libclang-rt-14-dev
+FUZZ_DIR        ?= build-fuzz
+FUZZ_DEPS_STAMP ?= $(FUZZ_DIR)/.deps-ok
+FUZZ_TARGETS    ?= response json webhook
+FUZZ_SECONDS    ?= 60
+FUZZ_MAX_LEN    ?= 20000
+FUZZ_MERGE      ?= 0
+FUZZ_ARGS       ?=
+FUZZ_SANITIZE   ?= -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS     ?= $(WARN) -O1 -g -fno-omit-frame-pointer $(FUZZ_SANITIZE) -fsanitize=fuzzer-no-link \
+                   $(LUA_CFLAGS) $(CURL_CFLAGS)
+FUZZ_LUA_LIBS   ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null)
+FUZZ_LUA_CPATH  ?= /usr/lib/$(shell $(CC) -print-multiarch 2>/dev/null)/lua/5.4/?.so
+FUZZ_ENV        ?= ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+FUZZ_OBJS        = $(SRCS:src/%.c=$(FUZZ_DIR)/src/%.o) $(FUZZ_DIR)/fuzz/common.o
+FUZZ_BINS        = $(FUZZ_TARGETS:%=$(FUZZ_DIR)/%)
+
+fuzz: $(DEPS_STAMP)
+	@mkdir -p $(FUZZ_DIR)
+	@$(MAKE) --no-print-directory $(FUZZ_DEPS_STAMP) DEPS_STAMP=$(FUZZ_DEPS_STAMP) DEB_PACKAGES="$(FUZZ_PACKAGES)"
+	@$(MAKE) --no-print-directory $(FUZZ_BINS)
+	@rc=0; for t in $(FUZZ_TARGETS); do \
+	  new=$$(mktemp -d) || exit 1; art=$(FUZZ_DIR)/artifacts/$$t-$$(date +%Y%m%d-%H%M%S); mkdir -p $$art; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS)s from fuzz/corpus/$$t"; \
+	  $(FUZZ_ENV) DH3_FUZZ_ROOT=$(CURDIR) $(FUZZ_DIR)/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -max_len=$(FUZZ_MAX_LEN) -timeout=10 -dict=fuzz/dh3.dict -artifact_prefix=$$art/ \
+	    -print_final_stats=1 $(FUZZ_ARGS) $$new fuzz/corpus/$$t; r=$$?; \
+	  if [ $$r -ne 0 ]; then \
+	    rc=1; for f in $$art/*; do [ -e "$$f" ] && echo "fuzz: $$t FAILED (exit $$r); reproducer: $$f; replay: $(FUZZ_DIR)/$$t $$f"; done; \
+	  else \
+	    rmdir $$art; \
+	    if [ "$(FUZZ_MERGE)" = 1 ]; then \
+	      $(FUZZ_ENV) DH3_FUZZ_ROOT=$(CURDIR) $(FUZZ_DIR)/$$t -merge=1 -max_len=$(FUZZ_MAX_LEN) \
+	        fuzz/corpus/$$t $$new || rc=1; \
+	    fi; \
+	  fi; \
+	  rm -rf $$new; \
+	done; \
+	if [ $$rc -ne 0 ]; then echo "fuzz: FAILED"; else echo "fuzz: no crash in $(FUZZ_TARGETS)"; fi; exit $$rc
+
+$(FUZZ_DIR)/src/%.o: src/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_DIR)/fuzz/%.o: fuzz/%.c fuzz/fuzz.h $(HEADERS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Isrc -DDH3_FUZZ_ROOT='"$(CURDIR)"' -DDH3_FUZZ_CPATH='"$(FUZZ_LUA_CPATH)"' -c $< -o $@
+
+$(FUZZ_BINS): $(FUZZ_DIR)/%: $(FUZZ_DIR)/fuzz/%.o $(FUZZ_OBJS)
+	$(FUZZ_CC) $(FUZZ_SANITIZE) -fsanitize=fuzzer -o $@ $^ $(FUZZ_LUA_LIBS) $(CURL_LIBS)
 
 rock: all
 	$(LUAROCKS) --lua-version=5.4 make --deps-mode=none rockspec/dh3-scm-1.rockspec

@@ -131,6 +131,10 @@ void dh3_request_complete(dh3_request *req, CURLcode code);
 void dh3_request_drop_transfer(dh3_request *req);
 void dh3_request_push_result(lua_State *L, dh3_request *req, int ud);
 void dh3_request_delivered(dh3_request *req);
+/* the libcurl header and write callbacks: not static only so that fuzz/response.c can feed
+   them a response as libcurl would */
+size_t dh3_request_on_header(char *buf, size_t size, size_t nitems, void *userdata);
+size_t dh3_request_on_body(char *ptr, size_t size, size_t nmemb, void *userdata);
 
 /* json.c */
 void dh3_json_open(lua_State *L);

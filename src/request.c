@@ -326,7 +326,7 @@ static int dh3_request_new_response(dh3_request *req, long status) {
   return 1;
 }
 
-static size_t dh3_request_on_header(char *buf, size_t size, size_t nitems, void *userdata) {
+size_t dh3_request_on_header(char *buf, size_t size, size_t nitems, void *userdata) {
   dh3_request *req = (dh3_request *)userdata;
   size_t len = size * nitems;
   const char *v;
@@ -361,7 +361,7 @@ static size_t dh3_request_on_header(char *buf, size_t size, size_t nitems, void 
   return len;
 }
 
-static size_t dh3_request_on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
+size_t dh3_request_on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
   dh3_request *req = (dh3_request *)userdata;
   size_t len = size * nmemb;
   if (len == 0) return 0;
