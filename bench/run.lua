@@ -139,6 +139,7 @@ end
 
 local function fmt_s(x) return x and ("%.3f s"):format(x) or "n/a" end
 local function fmt_us(x) return x and ("%.1f µs"):format(x * 1e6) or "n/a" end
+local function fmt_dus(x) return x and ("%+.1f µs"):format(x * 1e6) or "n/a" end
 local function fmt_x(x) return x and ("%.2fx"):format(x) or "n/a" end
 local function fmt_mib(kib) return kib and ("%.1f MiB"):format(kib / 1024) or "n/a" end
 
@@ -161,6 +162,7 @@ local function machine()
     date = os.date("!%Y-%m-%d %H:%M UTC"),
     commit = (sh("git rev-parse --short HEAD 2>/dev/null || echo unknown"):gsub("%s+$", "")),
     quick = QUICK, runs = RUNS,
+    load = (read_file("/proc/loadavg") or "?"):match("^(%S+ %S+ %S+)"),
   }
 end
 
@@ -260,7 +262,7 @@ function M.sequential(ctx)
     fmt_x(m("r_luasocket")) .. " faster", "(context)", nil }
   rows[#rows + 1] = { label .. ": where the gap goes", dh3_cell,
     ("dh3.core alone (C engine, JSON decode, a bare Lua loop) %s/call (cpu %s)"):format(fmt_us(m("core")), fmt_us(m("core_cpu"))),
-    ("C core +%s, Lua layer +%s per call"):format(fmt_us(m("gap_core")), fmt_us(m("gap_lua"))), "(diagnostic)", nil }
+    ("C core %s, Lua layer %s per call"):format(fmt_dus(m("gap_core")), fmt_dus(m("gap_lua"))), "(diagnostic)", nil }
   ctx.seq_dh3 = m("dh3")
   return rows, runs
 end
@@ -298,7 +300,7 @@ function M.concurrent(ctx)
     label .. ": where the gap goes", dh3_cell,
     ("dh3.core alone, %d in flight, decoded %s (%s/read, cpu %s)"):format(conc, fmt_s(m("core")), fmt_us(m("core") / n),
       fmt_us(m("core_cpu") / n)),
-    ("C core +%s, Lua layer +%s per read"):format(fmt_us(m("gap_core")), fmt_us(m("gap_lua"))), "(diagnostic)", nil,
+    ("C core %s, Lua layer %s per read"):format(fmt_dus(m("gap_core")), fmt_dus(m("gap_lua"))), "(diagnostic)", nil,
   } }, runs
 end
 
@@ -497,8 +499,9 @@ local function render(rows, info, notes)
   local out = {}
   out[#out + 1] = ("Machine: %s cores, %s, Linux %s; %s; nginx %s; %s; %s."):format(info.nproc, info.cpu,
     info.kernel, info.curl, info.nginx, info.lua, info.python)
-  out[#out + 1] = ("Run: %s, commit %s, %d run(s) per measure%s; medians."):format(info.date, info.commit,
-    info.runs, info.quick and " (BENCH_QUICK: smaller counts)" or "")
+  out[#out + 1] = ("Run: %s, commit %s, %d run(s) per measure%s; medians. Load average at the start %s, at the end %s."):format(
+    info.date, info.commit, info.runs, info.quick and " (BENCH_QUICK: smaller counts)" or "", info.load,
+    (read_file("/proc/loadavg") or "?"):match("^(%S+ %S+ %S+)"))
   out[#out + 1] = ""
   out[#out + 1] = "| measure | dh3 | peer(s) | ratio | target | result |"
   out[#out + 1] = "|---|---|---|---|---|---|"
