@@ -24,6 +24,7 @@ describe("dh3.errors", function()
       { "HTTP 422", res{ status = 422, body = '{"code":422,"message":"prompt: too short"}' },
         { kind = "invalid_request", http_status = 422, message = "prompt: too short" } },
       { "HTTP 400 without a body", res{ status = 400 }, { kind = "invalid_request", http_status = 400 } },
+      { "a redirect", res{ status = 302, body = "moved" }, { kind = "protocol", http_status = 302 } },
       { "HTTP 429 with Retry-After", res{ status = 429, body = '{"code":429,"message":"slow down"}',
           headers = { retry_after = "2" } }, { kind = "rate_limited", http_status = 429, retry_after = 2 } },
       { "HTTP 503 with an HTML body", res{ status = 503, body = "<html>busy</html>" },
@@ -95,6 +96,7 @@ describe("dh3.retry", function()
       { "a malformed answer", { kind = "protocol" }, res{ status = 200 }, false, true },
       { "a refusal", { kind = "invalid_request", http_status = 422 }, res{ status = 422 }, false, false },
       { "no credits", { kind = "insufficient_credits", http_status = 402 }, res{ status = 402 }, false, false },
+      { "a redirect", { kind = "protocol", http_status = 302 }, res{ status = 302 }, false, false },
     }
     for _, row in ipairs(rows) do
       it(("%s: retry %s, maybe created %s"):format(row[1], row[4], row[5]), function()

@@ -18,6 +18,10 @@ Client.__name = "dh3.client"
 
 M.DEFAULT_BASE_URL = "https://api.dh3.app"
 
+-- The request headers of each client, the key among them, kept out of the client table so that
+-- nothing that prints or serialises a client (a debugger, a table dump) can show the key.
+local headers_of = setmetatable({}, { __mode = "k" })
+
 local OPTIONS = {
   api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
   max_retries = "number", retry_delay = "number", create_qps = { "number", "boolean" },
@@ -91,9 +95,9 @@ function M.new(opts, version)
     _pacer = qps and ratelimit.new(qps) or nil,
     _journal = journal,
     _tasks = setmetatable({}, { __mode = "v" }), -- [task id] = task, for webhook deliveries
-    -- built once; the key lives only here and in the engine's outgoing requests
-    _headers = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" },
   }, Client)
+  -- built once; the key lives only here and in the engine's outgoing requests
+  headers_of[self] = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" }
   return self
 end
 
@@ -133,7 +137,7 @@ function Client:_api(method, path, query, body, opts)
     end
     local slot = is_create and self._pacer and self._pacer:acquire(function(s) sched:sleep(s) end)
     local req, rerr = self._engine:request{
-      method = method, url = url, headers = self._headers, body = json,
+      method = method, url = url, headers = headers_of[self], body = json,
       timeout = timeout, connect_timeout = math.min(self.connect_timeout, timeout),
     }
     if not req then
@@ -320,7 +324,7 @@ function Client:close()
   if self._listener then self._listener:close() end
   self._engine:close()
   if self._journal then self._journal:close() end
-  self._headers = nil
+  headers_of[self] = nil
 end
 
 Client.__close = Client.close

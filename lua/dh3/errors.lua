@@ -53,6 +53,9 @@ local KIND_BY_CODE = {
 function M.kind_for_code(code)
   if KIND_BY_CODE[code] then return KIND_BY_CODE[code] end
   if code >= 500 and code <= 599 then return "server" end
+  -- the API does not redirect: a 3xx (never followed, so the key goes nowhere else) or another
+  -- status outside 4xx breaks the contract
+  if code < 400 or code > 499 then return "protocol" end
   return "invalid_request"
 end
 

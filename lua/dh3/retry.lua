@@ -9,9 +9,15 @@ local MAX_DELAY = 30 -- seconds: no back-off step is longer, unless the server a
 
 local RETRYABLE_READ = { network = true, timeout = true, rate_limited = true, server = true, protocol = true }
 
+-- A redirect is never followed (the key must not travel to another host) and asking again meets
+-- the same redirect; the server that sent it did not act on the request.
+local function redirected(err)
+  return err.http_status and err.http_status >= 300 and err.http_status <= 399
+end
+
 --- For a failed status read.
 function M.read_retryable(err)
-  if errors.certificate_refused(err.curl_error) then return false end
+  if errors.certificate_refused(err.curl_error) or redirected(err) then return false end
   return RETRYABLE_READ[err.kind] == true
 end
 
@@ -19,7 +25,7 @@ end
 function M.create_retryable(err, res)
   local number = err.code or err.http_status
   -- a refused certificate stays refused; and the handshake failed before anything was sent
-  if errors.certificate_refused(res.curl_error) then return false, false end
+  if errors.certificate_refused(res.curl_error) or redirected(err) then return false, false end
   if err.kind == "rate_limited" then return true, false end
   -- 503 is the service's "unavailable, nothing created" answer
   if err.kind == "server" and number == 503 then return true, false end
