@@ -11,7 +11,7 @@ local function image(fields) return '{"url":"https://files.example/r.png",' .. f
 -- The documented answers and callbacks (shared/api/dh3-api.md), then the ways they go wrong.
 local answers = {
   create = '{"code":200,"message":"ok","task_id":"' .. ID .. '"}',
-  get_success = output('"task_id":"' .. ID .. '","status":"success","images":[' .. IMAGE .. ']}'),
+  get_success = output('"task_id":"' .. ID .. '","status":"success","images":[' .. IMAGE .. ']'),
   get_fail = output('"task_id":"' .. ID .. '","status":"fail","err_msg":"Upstream model error"'),
   get_queuing = output('"task_id":"' .. ID .. '","status":"queuing"'),
   get_processing = output('"task_id":"' .. ID .. '","status":"processing"'),
@@ -116,7 +116,8 @@ local response = {
   error_402 = C(0) .. http("402 Payment Required", { JSON_CT }, answers.error_402),
   rate_limited_seconds = C(0) .. http("429 Too Many Requests", { JSON_CT, "Retry-After: 2" }, answers.error_429),
   rate_limited_date = C(0) .. http("429 Too Many Requests", { "Retry-After: Sun, 06 Nov 2094 08:49:37 GMT" }, answers.error_429),
-  rate_limited_huge = C(0) .. http("429 Too Many Requests", { "Retry-After: " .. ("9"):rep(40) }, answers.error_429),
+  rate_limited_huge = C(0) .. http("429 Too Many Requests", { "Retry-After: " .. ("9"):rep(400) }, answers.error_429),
+  rate_limited_year_9999 = C(0) .. http("429 Too Many Requests", { "Retry-After: Fri, 31 Dec 9999 23:59:59 GMT" }, answers.error_429),
   rate_limited_junk = C(0) .. http("429 Too Many Requests", { "retry-after:\t 1x ", "RETRY-AFTER: -5" }, ""),
   unavailable = C(0) .. http("503 Service Unavailable", { "Content-Type: text/html" }, "<html>busy</html>"),
   error_in_200 = C(0) .. http("200 OK", { JSON_CT }, answers.error_in_200),

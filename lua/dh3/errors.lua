@@ -129,11 +129,18 @@ function M.from_response(res)
   return doc
 end
 
---- Retry-After in seconds (delta-seconds or an HTTP date), or nil.
+-- RFC 9111 1.2.2: delta-seconds too large to represent count as 2^31. Without it, 309 digits made
+-- math.huge (and 20 a float): found by fuzz/response.c, spec/fuzz_regressions_spec.lua.
+local MAX_DELTA_SECONDS = 1 << 31
+
+--- Retry-After in seconds, an integer (delta-seconds or an HTTP date), or nil.
 function M.parse_retry_after(value)
   if not value then return nil end
-  local n = tonumber(value:match("^%s*(%d+)%s*$"))
-  if n then return n end
+  local digits = value:match("^%s*(%d+)%s*$")
+  if digits then
+    local n = math.tointeger(tonumber(digits)) -- nil past 2^63
+    return n and math.min(n, MAX_DELTA_SECONDS) or MAX_DELTA_SECONDS
+  end
   local at = core.parse_http_date(value)
   if at then return math.max(0, at - os.time()) end
   return nil

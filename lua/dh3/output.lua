@@ -7,8 +7,11 @@ local M = {}
 
 M.MAX_IMAGES = 64
 
+-- A size or a pixel count: a whole number from 0 up. A negative one is refused here, as the digit
+-- strings the service documents can hold none: file_size becomes a download's expect_size, which
+-- engine:request would raise on (found by fuzz/webhook.c; spec/fuzz_regressions_spec.lua).
 local function to_integer(v)
-  if math.type(v) == "integer" then return v end
+  if math.type(v) == "integer" then return v >= 0 and v or nil end
   if type(v) == "string" and v:match("^%d+$") and #v <= 15 then return math.tointeger(tonumber(v)) end
   return nil
 end
@@ -39,11 +42,19 @@ function M.parse(out)
   end
   local result = { task_id = out.task_id, state = out.status }
   if out.status == "success" then
-    if type(out.images) ~= "table" or #out.images == 0 then return nil, "a successful task without images" end
-    if #out.images > M.MAX_IMAGES then return nil, "too many images" end
+    if type(out.images) ~= "table" then return nil, "a successful task without images" end
+    -- the last index, not #: a null in the array leaves a hole, and # and ipairs could then
+    -- skip images (or all of them) where a hole must be refused
+    local n = 0
+    for k in pairs(out.images) do
+      if math.type(k) ~= "integer" or k < 1 then return nil, "images is not an array" end
+      if k > n then n = k end
+    end
+    if n == 0 then return nil, "a successful task without images" end
+    if n > M.MAX_IMAGES then return nil, "too many images" end
     local images = {}
-    for i, img in ipairs(out.images) do
-      local parsed, why = parse_image(img, i)
+    for i = 1, n do
+      local parsed, why = parse_image(out.images[i], i)
       if not parsed then return nil, why end
       images[i] = parsed
     end
