@@ -3,8 +3,9 @@
 ** lua5.4 binary is stripped): under `perf record` the VM's own functions (luaV_execute, luaH_*,
 ** luaC_*, ...) show by name. Only for profiling; the benchmarks run lua5.4 itself.
 **   luahost script.lua args...       (arg is set as lua5.4 sets it)
-** Built by bench/run.lua --profile, or by hand:
-**   cc -O2 -g -o luahost luahost.c -Wl,-E /usr/lib/x86_64-linux-gnu/liblua5.4.a -lm -ldl
+** Built by hand (bench/README.md, "Profiling a miss"):
+**   cc -O2 -g $(pkg-config --cflags lua5.4) -o /tmp/luahost bench/tools/luahost.c \
+**      -Wl,-E /usr/lib/x86_64-linux-gnu/liblua5.4.a -lm -ldl
 */
 #include <stdio.h>
 #include <lua.h>
