@@ -46,6 +46,8 @@ describe("dh3.webhook", function()
       { "success without images", body{ task_id = ID, status = "success" }, nil },
       { "a size that is not a number", body{ task_id = ID, status = "success",
           images = { { url = IMAGE.url, file_size = "12ab", width = "1", height = "1" } } }, nil },
+      { "a file_size over the cap", body{ task_id = ID, status = "success",
+          images = { { url = IMAGE.url, file_size = "2000000000", width = "1", height = "1" } } }, nil },
       { "an image URL that is not http", body{ task_id = ID, status = "success",
           images = { { url = "file:///etc/passwd", file_size = "1", width = "1", height = "1" } } }, nil },
       { "not JSON", "{\"code\":200,", nil },

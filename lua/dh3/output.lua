@@ -6,6 +6,9 @@ local errors = require "dh3.errors"
 local M = {}
 
 M.MAX_IMAGES = 64
+-- The largest image file accepted: a 4K PNG of the largest ratio is about 70 MB uncompressed, so
+-- this leaves room while keeping a hostile file_size from filling the memory (task:read) or disk.
+M.MAX_FILE_SIZE = 1024 * 1024 * 1024
 
 -- A size or a pixel count: a whole number from 0 up. A negative one is refused here, as the digit
 -- strings the service documents can hold none: file_size becomes a download's expect_size, which
@@ -28,6 +31,9 @@ local function parse_image(img, i)
   for _, k in ipairs({ "file_size", "width", "height" }) do
     out[k] = to_integer(img[k])
     if not out[k] then return nil, ("images[%d].%s is not a whole number"):format(i, k) end
+  end
+  if out.file_size > M.MAX_FILE_SIZE then
+    return nil, ("images[%d].file_size is over %d bytes"):format(i, M.MAX_FILE_SIZE)
   end
   return out
 end
