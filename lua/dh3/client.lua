@@ -136,7 +136,7 @@ function Client:_api(method, path, query, body, opts)
       end
     end
     local slot = is_create and self._pacer and self._pacer:acquire(function(s) sched:sleep(s) end)
-    local req, rerr = self._engine:request{
+    local req, rerr = sched:request{
       method = method, url = url, headers = headers_of[self], body = json,
       timeout = timeout, connect_timeout = math.min(self.connect_timeout, timeout),
     }
@@ -179,8 +179,7 @@ end
 -- returns the request, or nil, message.
 -- No Authorization header: the image host is a third party and must never see the key.
 function Client:_download(image, path, timeout)
-  self:_scheduler()
-  return self._engine:request{
+  return self:_scheduler():request{
     method = "GET", url = image.url, download_to = path, expect_size = image.file_size,
     max_body = not path and math.max(1, image.file_size) or nil,
     follow_redirects = true, connect_timeout = self.connect_timeout,

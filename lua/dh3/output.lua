@@ -19,16 +19,19 @@ local function to_integer(v)
   return nil
 end
 
+local STRING_FIELDS = { "content_type", "file_name" }
+local NUMBER_FIELDS = { "file_size", "width", "height" }
+
 -- The documented ImageFile.
 local function parse_image(img, i)
   if type(img) ~= "table" then return nil, ("images[%d] is not an object"):format(i) end
   if not contract.is_http_url(img.url) then return nil, ("images[%d].url is not an http(s) URL"):format(i) end
   local out = { url = img.url }
-  for _, k in ipairs({ "content_type", "file_name" }) do
+  for _, k in ipairs(STRING_FIELDS) do
     if img[k] ~= nil and type(img[k]) ~= "string" then return nil, ("images[%d].%s is not a string"):format(i, k) end
     out[k] = img[k]
   end
-  for _, k in ipairs({ "file_size", "width", "height" }) do
+  for _, k in ipairs(NUMBER_FIELDS) do
     out[k] = to_integer(img[k])
     if not out[k] then return nil, ("images[%d].%s is not a whole number"):format(i, k) end
   end

@@ -81,7 +81,7 @@ end
 -- News of the task came (a webhook delivery): settle it if it ended, or else read it soon through
 -- a stand-in entry (the task's own entry stays where it is in the heap).
 function Group:_news(e)
-  if self:_observe(e) or e.urgent or self.polling[e] then return end
+  if self:_observe(e) or e.urgent or e.polling then return end
   e.urgent = true
   push(self.heap, { at = core.now(), stand_in_for = e })
   if self.worker_tokens then
@@ -91,12 +91,13 @@ function Group:_news(e)
   end
 end
 
--- One status read of entry e; it goes back into the heap unless it ended (or `once`).
-function Group:_poll(e, once)
+-- One status read of entry e by the worker holding `token`; e goes back into the heap unless it
+-- ended (or `once`).
+function Group:_poll(e, token, once)
   local task = e.task
-  self.polling[e] = true
+  e.polling, token.entry = true, e
   local state, err = task:status(self.deadline)
-  self.polling[e] = nil
+  e.polling, token.entry = false, false
   if e.finished or self.stopped then return end -- cancelled meanwhile
   if not state then
     if err.kind == "timeout" and core.now() >= self.deadline then
@@ -139,10 +140,10 @@ function Group:_worker(token)
       pop(heap)
       local real = e.stand_in_for
       if not real then
-        self:_poll(e)
+        self:_poll(e, token)
       else
         real.urgent = nil
-        if not (real.finished or self.polling[real]) then self:_poll(real, true) end
+        if not (real.finished or real.polling) then self:_poll(real, token, true) end
       end
     end
   end
@@ -165,7 +166,6 @@ function M.watch(client, tasks, opts, level)
   local timeout = opts.timeout or M.DEFAULTS.timeout
   local self = setmetatable({
     client = client, sched = sched, tasks = tasks, heap = {}, done = {}, taken = 0, errs = {},
-    polling = {}, -- entries whose status read is in flight
     remaining = #tasks, event = scheduler.event(),
     timeout = timeout, deadline = core.now() + timeout,
     interval = interval, max_interval = math.max(interval, opts.max_interval or M.DEFAULTS.max_interval),
@@ -229,11 +229,12 @@ function Group:stop()
     local token = e.task and e.task._token -- stand-ins have no task
     if token then token.on_cancel, token.on_wake = nil, nil end
   end
-  for e in pairs(self.polling) do
-    e.task._token.on_cancel, e.task._token.on_wake = nil, nil
-    self.sched:cancel(e.task._token)
-  end
   for _, token in ipairs(self.worker_tokens) do
+    local e = token.entry
+    if e then -- its status read is in flight: cancel it
+      e.task._token.on_cancel, e.task._token.on_wake = nil, nil
+      self.sched:cancel(e.task._token)
+    end
     if token.timer then self.sched:cancel(token) end -- wake the sleeping workers so they end now
   end
 end

@@ -31,7 +31,10 @@ function M.new(engine)
     engine = engine,
     threads = {},   -- [coroutine] = true for every live coroutine started by spawn
     nthreads = 0,
-    waiting = {},   -- [request] = coroutine suspended until that request completes
+    -- [coroutine] = the request it is suspended on (false between waits). Keyed by coroutine, a
+    -- small stable set, rather than by request: a table whose keys churn with every request
+    -- rebuilds itself on every insert once full (bench/RESULTS.md).
+    awaiting = {},
     finished = {},  -- [request] = result, for requests a blocking caller is waiting on
     timers = {},    -- a heap (dh3.heap) of {at, co}
     ready = {},     -- coroutines that yielded on their own, resumed on the next step
@@ -54,6 +57,7 @@ function Scheduler:_resume(co, ...)
   local ok, yielded = coroutine.resume(co, ...)
   if not ok then
     self.threads[co] = nil
+    self.awaiting[co] = nil
     self.nthreads = self.nthreads - 1
     local handler_ok, handler_err = pcall(self.on_error, yielded, co)
     if not handler_ok then
@@ -61,6 +65,7 @@ function Scheduler:_resume(co, ...)
     end
   elseif coroutine.status(co) == "dead" then
     self.threads[co] = nil
+    self.awaiting[co] = nil
     self.nthreads = self.nthreads - 1
   elseif yielded ~= WAIT then
     self.ready[#self.ready + 1] = co
@@ -106,13 +111,13 @@ function Scheduler:step(wait)
   else
     engine:perform(wait)
   end
+  local awaiting = self.awaiting
   while true do
-    local res = engine:next_done()
+    local res, co = engine:next_done() -- the context: the coroutine that made the request
     if not res then break end
     local req = res.request
-    local co = self.waiting[req]
-    if co then
-      self.waiting[req] = nil
+    if co and awaiting[co] == req then
+      awaiting[co] = false
       self:_resume(co, res)
     else
       self.finished[req] = res
@@ -134,15 +139,28 @@ function Scheduler:step(wait)
   end
 end
 
+--- Starts a transfer (engine:request's options); the completion finds its way back to the
+-- coroutine that made it. Returns the request, or nil, message.
+function Scheduler:request(opts)
+  opts.context = self:current() or false
+  return self.engine:request(opts)
+end
+
 --- The result of a submitted request, once it completes (M.CANCELLED when `token` was cancelled
 -- meanwhile). `token`, optional, is a table through which `cancel` can stop the wait.
 function Scheduler:await(req, token)
-  if token then token.req = req end
   local res
   local co = self:current()
+  if token then token.req, token.co = req, co end
   if co then
-    self.waiting[req] = co
-    res = coroutine.yield(WAIT)
+    local finished = self.finished[req] -- it may have completed while this coroutine did other work
+    if finished then
+      self.finished[req] = nil
+      res = finished
+    else
+      self.awaiting[co] = req
+      res = coroutine.yield(WAIT)
+    end
   else
     local finished = self.finished
     while not finished[req] do
@@ -183,9 +201,9 @@ function Scheduler:cancel(token)
   local req = token.req
   if req and req:cancel() then
     token.req = nil
-    local co = self.waiting[req]
-    self.waiting[req] = nil
-    if co then
+    local co = token.co
+    if co and self.awaiting[co] == req then
+      self.awaiting[co] = false
       self:_resume(co, CANCELLED)
     else
       self.finished[req] = CANCELLED -- for the blocking caller that is waiting on it
