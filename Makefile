@@ -105,6 +105,7 @@ bench: all
 FUZZ_CC         ?= clang-14
 FUZZ_PACKAGES   ?= clang-14 libclang-rt-14-dev
 FUZZ_DIR        ?= build-fuzz
+FUZZ_ROOT       ?= $(CURDIR)
 FUZZ_DEPS_STAMP ?= $(FUZZ_DIR)/.deps-ok
 FUZZ_TARGETS    ?= response json webhook
 FUZZ_SECONDS    ?= 60
@@ -127,7 +128,7 @@ fuzz: $(DEPS_STAMP)
 	@rc=0; for t in $(FUZZ_TARGETS); do \
 	  new=$$(mktemp -d) || exit 1; art=$(FUZZ_DIR)/artifacts/$$t-$$(date +%Y%m%d-%H%M%S); mkdir -p $$art; \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS)s from fuzz/corpus/$$t"; \
-	  $(FUZZ_ENV) DH3_FUZZ_ROOT=$(CURDIR) $(FUZZ_DIR)/$$t -max_total_time=$(FUZZ_SECONDS) \
+	  $(FUZZ_ENV) DH3_FUZZ_ROOT=$(FUZZ_ROOT) $(FUZZ_DIR)/$$t -max_total_time=$(FUZZ_SECONDS) \
 	    -max_len=$(FUZZ_MAX_LEN) -timeout=10 -dict=fuzz/dh3.dict -artifact_prefix=$$art/ \
 	    -print_final_stats=1 $(FUZZ_ARGS) $$new fuzz/corpus/$$t; r=$$?; \
 	  if [ $$r -ne 0 ]; then \
@@ -135,7 +136,7 @@ fuzz: $(DEPS_STAMP)
 	  else \
 	    rmdir $$art; \
 	    if [ "$(FUZZ_MERGE)" = 1 ]; then \
-	      $(FUZZ_ENV) DH3_FUZZ_ROOT=$(CURDIR) $(FUZZ_DIR)/$$t -merge=1 -max_len=$(FUZZ_MAX_LEN) \
+	      $(FUZZ_ENV) DH3_FUZZ_ROOT=$(FUZZ_ROOT) $(FUZZ_DIR)/$$t -merge=1 -max_len=$(FUZZ_MAX_LEN) \
 	        fuzz/corpus/$$t $$new || rc=1; \
 	    fi; \
 	  fi; \

@@ -82,6 +82,9 @@ local webhook = {
     .. image('"file_size":"1","width":"1","height":"1","file_name":"a.png"') .. ','
     .. image('"file_size":"1","width":"1","height":"1","file_name":"a.png"') .. ','
     .. image('"file_size":"1","width":"1","height":"1","file_name":"t1-2.png","content_type":"image/png"') .. ']'),
+  fallback_taken = output('"task_id":"t1","status":"success","images":['
+    .. image('"file_size":"1","width":"1","height":"1","file_name":"t1-2.img"') .. ','
+    .. image('"file_size":"1","width":"1","height":"1","file_name":"t1-2.img"') .. ']'),
   too_many_images = output('"task_id":"t1","status":"success","images":[' .. (image('"file_size":"1","width":"1","height":"1"') .. ','):rep(64)
     .. image('"file_size":"1","width":"1","height":"1"') .. ']'),
   image_holes = output('"task_id":"t1","status":"success","images":[null,' .. image('"file_size":"1","width":"1","height":"1"') .. ']'),

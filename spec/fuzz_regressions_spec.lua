@@ -133,6 +133,24 @@ describe("fuzz regressions", function()
     end)
   end)
 
+  describe("download.plan() of a delivery's images", function()
+    -- found by fuzz/webhook.c (found_hidden_task_id_name is the reproducer as libFuzzer wrote it)
+    local rows = {
+      -- task_id ".t1" (a valid id) named the images ".t1-1.img", hidden files
+      { "names no hidden file after a task id that starts with a dot", "found_hidden_task_id_name",
+        { "out/t1-1.img", "out/t1-2.img" } },
+      -- two images named t1-2.img: the second's fallback was t1-2.img too, and one download
+      -- replaced the other (a paid image lost)
+      { "never plans two images to one path", "fallback_taken", { "out/t1-2.img", "out/t1-2-2.img" } },
+    }
+    for _, row in ipairs(rows) do
+      it(row[1], function()
+        local result = assert(webhook.parse(corpus("webhook", row[2])))
+        assert.are.same(row[3], download.plan(result.task_id, result.images, "out/"))
+      end)
+    end
+  end)
+
   describe("errors.parse_retry_after()", function()
     -- found with fuzz/response.c's checks: 309 digits or more made math.huge, so a create (which
     -- has no deadline) slept for ever; 20 digits made a float

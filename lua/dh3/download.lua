@@ -48,8 +48,17 @@ function M.plan(task_id, images, dest)
     local used = {}
     for i, img in ipairs(images) do
       local ext = EXT_BY_TYPE[img.content_type] or "img"
-      local name = M.safe_name(img.file_name, ("%s-%d.%s"):format(task_id, i, ext))
-      if used[name] then name = ("%s-%d.%s"):format(task_id, i, ext) end
+      -- the task id comes from the service too: made safe like a file name (".t1" would hide it)
+      local stem = M.safe_name(("%s-%d"):format(task_id, i), ("image-%d"):format(i))
+      local fallback = stem .. "." .. ext
+      local name = M.safe_name(img.file_name, fallback)
+      if used[name] then name = fallback end
+      -- another image's own file name may be this fallback: two images to one path lose one
+      local k = 1
+      while used[name] do
+        k = k + 1
+        name = ("%s-%d.%s"):format(stem, k, ext)
+      end
       used[name] = true
       paths[i] = (folder == "/" and "" or folder) .. "/" .. name
     end
