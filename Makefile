@@ -80,7 +80,7 @@ asan: $(DEPS_STAMP)
 	$(MAKE) --no-print-directory $(CORE) OBJDIR=build-asan CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined"
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 DH3_SPEC_GC=$(DH3_SPEC_GC) \
 	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS); rc=$$?; $(MAKE) --no-print-directory clean-core; exit $$rc
 
 valgrind: all
