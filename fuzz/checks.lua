@@ -117,7 +117,9 @@ function M.response(res, facts)
     local retryable, maybe = retry.create_retryable(err, res)
     check(type(retryable) == "boolean" and type(maybe) == "boolean", "create_retryable")
     local delay = retry.backoff(1, 1, err.retry_after)
-    check(type(delay) == "number" and delay >= 0 and delay < math.huge, "backoff %s", tostring(delay))
+    -- nil: the server asked for longer than retry.MAX_RETRY_AFTER, and the caller gets the error
+    check(delay == nil or type(delay) == "number" and delay >= 0 and delay <= retry.MAX_RETRY_AFTER,
+      "backoff %s", tostring(delay))
   end
 
   if facts.expect_size then -- the same transfer as an image kept in memory

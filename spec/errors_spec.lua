@@ -117,6 +117,7 @@ describe("dh3.retry", function()
         end
       end
       assert.are.equal(7, retry.backoff(1, 0.5, 7))
+      assert.is_nil(retry.backoff(1, 0.5, retry.MAX_RETRY_AFTER + 1)) -- the caller gets the error instead
       assert.is_true(retry.backoff(30, 0.5) <= 30)
     end)
   end)

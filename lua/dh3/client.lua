@@ -169,7 +169,7 @@ function Client:_api(method, path, query, body, opts)
     end
     if not retryable or attempt > self.max_retries then return nil, err end
     local delay = retry.backoff(attempt, self.retry_delay, err.retry_after)
-    if deadline and core.now() + delay >= deadline then return nil, err end
+    if not delay or deadline and core.now() + delay >= deadline then return nil, err end
     sched:sleep(delay, opts.token)
     if opts.token and opts.token.cancelled then return nil, errors.cancelled(opts.task_id) end
   end

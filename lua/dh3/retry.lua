@@ -38,9 +38,15 @@ function M.create_retryable(err, res)
   return false, false
 end
 
+-- A Retry-After longer than this is not waited out inside one call: the error goes back to the
+-- caller (with err.retry_after), who can decide; a blocked create would otherwise hang for it.
+M.MAX_RETRY_AFTER = 120
+
 --- Seconds to wait before attempt `attempt + 1`: exponential from `base`, with jitter (half fixed,
 -- half random, so that many clients do not retry in step), and never less than Retry-After.
+-- nil when the server asks for longer than MAX_RETRY_AFTER.
 function M.backoff(attempt, base, retry_after)
+  if retry_after and retry_after > M.MAX_RETRY_AFTER then return nil end
   local step = math.min(MAX_DELAY, base * 2 ^ (attempt - 1))
   local delay = step / 2 + math.random() * step / 2
   if retry_after and retry_after > delay then delay = retry_after end
