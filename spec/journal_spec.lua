@@ -1,40 +1,9 @@
 local journal = require "dh3.journal"
 local core = require "dh3.core"
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
-
--- (not mktemp(1): under `make asan` the preloaded LeakSanitizer aborts it at exit)
-local function make_tmpdir()
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -m 700 " .. shell_quote(dir)))
-  return dir
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function ls(dir)
-  local p = io.popen("ls -A " .. shell_quote(dir))
-  local names = {}
-  for line in p:lines() do names[#names + 1] = line end
-  p:close()
-  table.sort(names)
-  return names
-end
+local files = require "helpers.files"
+local shell_quote, make_tmpdir, ls = files.quote, files.tmpdir, files.ls
+local read_file, write_file = files.read_file, files.write_file
 
 -- The file's records, decoded (compared as tables: key order is not defined).
 local function records(path)

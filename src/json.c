@@ -115,6 +115,20 @@ static int dh3_json_clean(lua_State *L, int idx, int depth) {
   return 1;
 }
 
+/* Calls the cjson function on the stack top with argument 1, protected: cjson raises on bad
+   input. 1 with its result pushed, or 0 with nil and a message pushed (for a `return 2`). */
+static int dh3_json_call(lua_State *L, const char *fallback) {
+  lua_pushvalue(L, 1);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK) return 1;
+  lua_pushnil(L);
+  if (lua_type(L, -2) == LUA_TSTRING) {
+    lua_pushvalue(L, -2);
+  } else {
+    lua_pushstring(L, fallback);
+  }
+  return 0;
+}
+
 /* json_decode(s [, max_bytes]) -> value | nil, errmsg */
 static int dh3_json_decode(lua_State *L) {
   size_t len;
@@ -134,16 +148,7 @@ static int dh3_json_decode(lua_State *L) {
     lua_pushliteral(L, "JSON text contains a NUL byte");
     return 2;
   }
-  lua_pushvalue(L, 1);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    lua_pushnil(L);
-    if (lua_type(L, -2) == LUA_TSTRING) {
-      lua_pushvalue(L, -2);
-    } else {
-      lua_pushliteral(L, "JSON decode failed");
-    }
-    return 2;
-  }
+  if (!dh3_json_call(L, "JSON decode failed")) return 2;
   switch (lua_type(L, -1)) {
     case LUA_TTABLE:
       if (!dh3_json_clean(L, lua_gettop(L), 1)) {
@@ -178,17 +183,7 @@ static int dh3_json_decode(lua_State *L) {
 static int dh3_json_encode(lua_State *L) {
   luaL_checkany(L, 1);
   dh3_json_push_function(L, "encode");
-  lua_pushvalue(L, 1);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    lua_pushnil(L);
-    if (lua_type(L, -2) == LUA_TSTRING) {
-      lua_pushvalue(L, -2);
-    } else {
-      lua_pushliteral(L, "JSON encode failed");
-    }
-    return 2;
-  }
-  return 1;
+  return dh3_json_call(L, "JSON encode failed") ? 1 : 2;
 }
 
 /* Adds json_encode and json_decode to the module table on the top of the stack. */
