@@ -246,14 +246,7 @@ end
 -- {=====================================================================
 -- Helpers
 -- ======================================================================
--- A loopback port where nothing listens.
-local function closed_port()
-  local socket = require "socket"
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local closed_port = files.closed_port
 
 local function temp_files(dir)
   local found = {}

@@ -63,14 +63,7 @@ local function assert_no_secret(v, what)
   assert(found == nil, found)
 end
 
--- A loopback port where nothing listens.
-local function closed_port()
-  local socket = require "socket"
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local closed_port = files.closed_port
 
 -- Starts `lua5.4 script args...` in the background, its stdout and stderr in a pipe. The shell
 -- prints its pid, then becomes the script (exec), so that pid is the script's.

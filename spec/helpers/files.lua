@@ -1,4 +1,5 @@
--- Files and shell words for specs: temporary folders, reading and writing files, listing folders.
+-- Files, shell words and loopback ports for specs: temporary folders, reading and writing files,
+-- listing folders, a port where nothing listens.
 -- (Temporary folders are made with mkdir, not mktemp(1): under `make asan` the preloaded
 -- LeakSanitizer aborts mktemp at exit.)
 local M = {}
@@ -44,6 +45,15 @@ function M.ls(dir)
   p:close()
   table.sort(names)
   return names
+end
+
+--- A loopback port where nothing listens.
+function M.closed_port()
+  local socket = require "socket"
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
 end
 
 return M
