@@ -44,7 +44,7 @@
 #define DH3_MAX_POOL 256 /* idle easy handles kept at most */
 
 /* user value slots */
-#define DH3_ENGINE_UV_ANCHORS 1  /* engine: {[lightuserdata req] = request userdata} */
+#define DH3_ENGINE_UV_ANCHORS 1  /* engine: {[luaL_ref] = request userdata} */
 #define DH3_REQUEST_UV_CONTEXT 1 /* request: the caller's context value */
 #define DH3_REQUEST_UV_ANCHORS 2 /* request: its engine's anchor table while anchored */
 
@@ -78,6 +78,7 @@ struct dh3_request {
   dh3_req_state state;
   dh3_request *prev, *next; /* links in the active list or the done queue */
   int closed;               /* __gc / __close ran: heap freed */
+  int anchor;               /* its luaL_ref in the engine's anchor table, or LUA_NOREF */
   int method;               /* index into the method names of request.c */
   struct curl_slist *headers;
   size_t max_body;

@@ -6,9 +6,13 @@
 ** or not an easy handle is reused), the list of ACTIVE requests and the FIFO queue of
 ** DONE ones.
 **
-** Anchoring: the engine's user value 1 is a table {[lightuserdata req] = request
-** userdata} holding every request from engine:request until next_done delivers it (or
-** it is cancelled), so a request the caller dropped still completes and is delivered.
+** Anchoring: the engine's user value 1 is a table holding every request userdata from
+** engine:request until next_done delivers it (or it is cancelled), so a request the caller
+** dropped still completes and is delivered. A request is held under its luaL_ref (kept in
+** req->anchor): the references are small integers reused through luaL_ref's free list, so
+** the table is an array that stops growing at the most requests ever in flight. (Keyed by
+** request, the table had to rebuild its hash part on nearly every request once full:
+** bench/RESULTS.md.)
 ** The request holds that same table as its user value 2 (so cancel can un-anchor it)
 ** but never the engine itself: an engine the caller drops is collected, and its __gc
 ** cancels whatever was in flight.
@@ -144,6 +148,7 @@ static void dh3_engine_close(lua_State *L, int idx, dh3_engine *e) {
     }
     req->prev = req->next = NULL;
     req->engine = NULL;
+    req->anchor = LUA_NOREF; /* the anchor table goes with the engine */
     dh3_request_drop_transfer(req);
     req->state = DH3_REQ_CANCELLED;
   }
@@ -151,6 +156,7 @@ static void dh3_engine_close(lua_State *L, int idx, dh3_engine *e) {
     next = req->next;
     req->prev = req->next = NULL;
     req->engine = NULL;
+    req->anchor = LUA_NOREF;
     req->state = DH3_REQ_CANCELLED; /* finished but never delivered */
   }
   e->active = e->done_head = e->done_tail = NULL;
@@ -431,7 +437,12 @@ static int dh3_engine_next_done(lua_State *L) {
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, DH3_ENGINE_UV_ANCHORS);
   anchors = lua_gettop(L);
-  lua_rawgetp(L, anchors, req); /* the request userdata (nil only after an OOM in request) */
+  /* the request userdata (none only after an OOM while anchoring it in request) */
+  if (req->anchor > 0) {
+    lua_rawgeti(L, anchors, req->anchor);
+  } else {
+    lua_pushnil(L);
+  }
   ud = lua_gettop(L);
   /* build everything first: if Lua runs out of memory here, the request stays queued */
   dh3_request_push_result(L, req, ud);
@@ -443,8 +454,10 @@ static int dh3_engine_next_done(lua_State *L) {
   /* now deliver: off the queue, un-anchored, ours no more */
   dh3_engine_unlink_done(e, req);
   dh3_request_delivered(req);
-  lua_pushnil(L);
-  lua_rawsetp(L, anchors, req);
+  if (req->anchor > 0) {
+    luaL_unref(L, anchors, req->anchor); /* allocates nothing: its slot exists */
+    req->anchor = LUA_NOREF;
+  }
   if (!lua_isnil(L, ud)) {
     lua_pushnil(L);
     lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);

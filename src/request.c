@@ -573,11 +573,11 @@ static int dh3_request_stop(lua_State *L, int ud, dh3_request *req) {
   if (req->engine != NULL) dh3_engine_remove(req->engine, req);
   dh3_request_drop_transfer(req);
   req->state = DH3_REQ_CANCELLED;
-  /* rawset of nil on an existing key allocates nothing: safe in __gc and lua_close */
-  if (lua_getiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS) == LUA_TTABLE) {
-    lua_pushnil(L);
-    lua_rawsetp(L, -2, req);
-  }
+  /* luaL_unref sets existing slots only, so it allocates nothing: safe in __gc and
+     lua_close */
+  if (lua_getiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS) == LUA_TTABLE && req->anchor > 0)
+    luaL_unref(L, lua_gettop(L), req->anchor);
+  req->anchor = LUA_NOREF;
   lua_pop(L, 1);
   lua_pushnil(L);
   lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);
@@ -639,6 +639,7 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
   req->max_body = o.max_body;
   req->expect_size = o.expect_size;
   req->content_length_n = -1;
+  req->anchor = LUA_NOREF;
   luaL_setmetatable(L, DH3_REQUEST_MT); /* from here __gc frees whatever is attached */
   dh3_request_field(L, "context");
   lua_setiuservalue(L, ud, DH3_REQUEST_UV_CONTEXT);
@@ -703,11 +704,12 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
   req->state = DH3_REQ_ACTIVE;
   dh3_engine_link_active(e, req);
 
-  /* anchor until delivered: engine anchors[req] = userdata; the request keeps the
-     anchor table (not the engine) so that cancel can un-anchor it */
+  /* anchor until delivered: the userdata goes into the engine's anchor table under a
+     luaL_ref; the request keeps the anchor table (not the engine) so that cancel can
+     un-anchor it */
   lua_getiuservalue(L, 1, DH3_ENGINE_UV_ANCHORS);
   lua_pushvalue(L, ud);
-  lua_rawsetp(L, -2, req);
+  req->anchor = luaL_ref(L, -2);
   lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);
   lua_settop(L, ud);
   return 1;

@@ -3,14 +3,15 @@
 local M = {}
 
 function M.push(heap, item)
-  local i = #heap + 1
-  heap[i] = item
-  while i > 1 do
+  local i, at = #heap + 1, item.at
+  while i > 1 do -- the hole moves up until item fits under its parent
     local parent = i // 2
-    if heap[parent].at <= item.at then break end
-    heap[i], heap[parent] = heap[parent], item
+    local p = heap[parent]
+    if p.at <= at then break end
+    heap[i] = p
     i = parent
   end
+  heap[i] = item
 end
 
 --- Removes and returns the item with the smallest `at` (nil when empty).
@@ -20,16 +21,22 @@ function M.pop(heap)
   heap[n] = nil
   n = n - 1
   if n > 0 then
-    heap[1] = last
-    local i = 1
+    -- the hole left at the root moves down, each step taking the smaller child, until `last`
+    -- fits there: one read of each child's `at` per level, and no swaps
+    local at, i = last.at, 1
     while true do
-      local l, r, m = 2 * i, 2 * i + 1, i
-      if l <= n and heap[l].at < heap[m].at then m = l end
-      if r <= n and heap[r].at < heap[m].at then m = r end
-      if m == i then break end
-      heap[i], heap[m] = heap[m], heap[i]
-      i = m
+      local c = 2 * i
+      if c > n then break end
+      local child, cat = heap[c], heap[c].at
+      if c < n then
+        local right = heap[c + 1]
+        if right.at < cat then c, child, cat = c + 1, right, right.at end
+      end
+      if at <= cat then break end
+      heap[i] = child
+      i = c
     end
+    heap[i] = last
   end
   return top
 end

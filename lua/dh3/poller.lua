@@ -1,7 +1,10 @@
 -- Watching many tasks at once: a few worker coroutines (at most max_concurrency requests in
 -- flight) poll the tasks in order of when each is due, so ten thousand waiting tasks cost one small
--- table each, not a coroutine each. First polls are spread over one interval so a thousand tasks
--- do not all ask in the same millisecond; each task's interval then grows while it is unchanged.
+-- table each, not a coroutine each. First polls are spread evenly over one interval so a thousand
+-- tasks do not all ask in the same millisecond; each task's interval then grows while it is
+-- unchanged. The first polls wait in a queue already in time order (read from the front); only
+-- the later polls go through the heap: most tasks of a big group need just one or two reads, and a
+-- queue costs nothing to keep in order where each heap pop walks its whole depth.
 local core = require "dh3.core"
 local errors = require "dh3.errors"
 local validate = require "dh3.validate"
@@ -111,10 +114,29 @@ function Group:_poll(e, token, once)
   push(self.heap, e)
 end
 
+-- The entry due first, from the first-poll queue or the heap, or nil when both are empty.
+function Group:_peek()
+  local q, h = self.first[self.first_at], self.heap[1]
+  if q and (not h or q.at <= h.at) then return q end
+  return h
+end
+
+-- Takes out the entry _peek returned.
+function Group:_take(e)
+  local first = self.first
+  if first[self.first_at] == e then
+    first[self.first_at] = nil
+    self.first_at = self.first_at + 1
+  else
+    pop(self.heap)
+  end
+end
+
 function Group:_expire()
-  local heap = self.heap
-  while heap[1] do
-    local e = pop(heap)
+  while true do
+    local e = self:_peek()
+    if not e then break end
+    self:_take(e)
     if not e.stand_in_for then
       self:_finish(e, errors.new("timeout", ("the task did not finish within %gs; it is still valid")
         :format(self.timeout), { task_id = e.task.id }))
@@ -123,21 +145,22 @@ function Group:_expire()
 end
 
 function Group:_worker(token)
-  local heap, sched = self.heap, self.sched
-  while heap[1] and not self.stopped do
+  local sched = self.sched
+  while not self.stopped do
+    local e = self:_peek()
+    if not e then break end
     local now = core.now()
     if now >= self.deadline then
       self:_expire()
       break
     end
-    local e = heap[1]
     if e.finished then
-      pop(heap)
+      self:_take(e)
     elseif e.at > now then
       token.woken = false
       sched:sleep(math.min(e.at, self.deadline) - now, token)
     else
-      pop(heap)
+      self:_take(e)
       local real = e.stand_in_for
       if not real then
         self:_poll(e, token)
@@ -165,21 +188,25 @@ function M.watch(client, tasks, opts, level)
   end
   local timeout = opts.timeout or M.DEFAULTS.timeout
   local self = setmetatable({
-    client = client, sched = sched, tasks = tasks, heap = {}, done = {}, taken = 0, errs = {},
+    client = client, sched = sched, tasks = tasks, done = {}, taken = 0, errs = {},
+    first = {}, first_at = 1, first_n = 0, -- the first polls, in time order: first[first_at..first_n]
+    heap = {},                -- the later polls and the stand-ins of _news, a heap by time
     remaining = #tasks, event = scheduler.event(),
     timeout = timeout, deadline = core.now() + timeout,
     interval = interval, max_interval = math.max(interval, opts.max_interval or M.DEFAULTS.max_interval),
     explicit_interval = opts.interval ~= nil,
     on_update = opts.on_update, on_done = opts.on_done,
   }, Group)
-  local now = core.now()
+  local now, n, first = core.now(), #tasks, self.first
   for i, task in ipairs(tasks) do
     if not task_module.is_task(task) or task.client ~= client then
       error(("watch: item %d is not a task of this client"):format(i), level)
     end
     if not task.id then error(("watch: task %d has not been created"):format(i), level) end
     local delay = (self:_interval(task))
-    local e = { task = task, index = i, delay = delay, seen = task.state, at = now + math.random() * delay }
+    -- every field an entry will hold, so that none is added (and the table grown) later
+    local e = { task = task, index = i, delay = delay, seen = task.state, at = now + delay * (i - 1) / n,
+      polling = false, finished = false }
     if task:done() then
       self:_finish(e, outcome(task))
     else
@@ -187,11 +214,20 @@ function M.watch(client, tasks, opts, level)
       token.cancelled = false
       token.on_cancel = function() self:_finish(e, errors.cancelled(task.id)) end
       token.on_wake = function() self:_news(e) end
-      push(self.heap, e)
+      self.first_n = self.first_n + 1
+      first[self.first_n] = e
+    end
+  end
+  -- in time order already when every task has the same first interval; a mix (some with a
+  -- callback, polled slowly) is sorted once
+  for i = 2, self.first_n do
+    if first[i].at < first[i - 1].at then
+      table.sort(first, function(a, b) return a.at < b.at end)
+      break
     end
   end
   self.worker_tokens = {}
-  for i = 1, math.min(max_concurrency, #self.heap) do
+  for i = 1, math.min(max_concurrency, self.first_n) do
     self.worker_tokens[i] = {}
     sched:spawn(Group._worker, self, self.worker_tokens[i])
   end
@@ -225,10 +261,12 @@ end
 function Group:stop()
   if self.stopped then return end
   self.stopped = true
-  for _, e in ipairs(self.heap) do
+  local function unhook(e)
     local token = e.task and e.task._token -- stand-ins have no task
     if token then token.on_cancel, token.on_wake = nil, nil end
   end
+  for i = self.first_at, self.first_n do unhook(self.first[i]) end
+  for _, e in ipairs(self.heap) do unhook(e) end
   for _, token in ipairs(self.worker_tokens) do
     local e = token.entry
     if e then -- its status read is in flight: cancel it
