@@ -554,6 +554,18 @@ describe("dh3 security", function()
       assert.are.equal(2, images)
     end)
 
+    it("leaves a User-Agent that names dh3 and libcurl only, not every library libcurl was built with", function()
+      local client <close> = new_client(fake.a .. "/ok")
+      local task = assert(client:create{ prompt = "who is asking" })
+      assert(task:status())
+      local seen = fake:seen()
+      assert.are.equal(2, #seen)
+      for _, r in ipairs(seen) do
+        assert.are.equal(("dh3-lua/%s %s"):format(dh3.VERSION, core.curl_version:match("^%S+")),
+          r.headers["user-agent"])
+      end
+    end)
+
     it("is in no URL: the emulator's request log shows none", function()
       local logged = emulator.start{ keys = false, "--keys", KEY, "--queue-time", "0", "--process-time", "0.1",
         "--log" }

@@ -80,7 +80,9 @@ function M.new(opts, version)
   end
 
   local engine = core.engine{
-    user_agent = opts.user_agent or ("dh3-lua/" .. version .. " " .. core.curl_version),
+    -- "libcurl/7.88.1" only: curl_version() goes on to list every library libcurl was built
+    -- with (200 bytes more in every request, and more than a server needs to know)
+    user_agent = opts.user_agent or ("dh3-lua/" .. version .. " " .. core.curl_version:match("^%S+")),
     ca_file = opts.ca_file, proxy = opts.proxy,
   }
   local self = setmetatable({

@@ -106,6 +106,8 @@ function M.from_response(res)
   local status = res.status
   local doc = res.body and core.json_decode(res.body)
   local code = type(doc) == "table" and math.type(doc.code) == "integer" and doc.code or nil
+  if code == 200 and status >= 200 and status <= 299 then return doc end -- the common case, first
+
   local message = type(doc) == "table" and type(doc.message) == "string" and sanitize(doc.message, 300) or nil
   local retry_after = M.parse_retry_after(res.headers and res.headers.retry_after)
 
@@ -120,13 +122,10 @@ function M.from_response(res)
   if code == nil then
     return nil, M.new("protocol", "the answer has no numeric `code`", { http_status = status })
   end
-  if code ~= 200 then
-    -- the service's other way of failing: HTTP 200 with the error only in the body
-    return nil, M.new(M.kind_for_code(code), message or ("code " .. code), {
-      http_status = status, code = code, retry_after = retry_after,
-    })
-  end
-  return doc
+  -- the service's other way of failing: HTTP 200 with the error only in the body
+  return nil, M.new(M.kind_for_code(code), message or ("code " .. code), {
+    http_status = status, code = code, retry_after = retry_after,
+  })
 end
 
 -- RFC 9111 1.2.2: delta-seconds too large to represent count as 2^31. Without it, 309 digits made
