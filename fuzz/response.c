@@ -71,14 +71,15 @@ static CURLcode dh3_fuzz_transfer(dh3_request *req, const uint8_t *p, size_t n, 
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static CURL *easy; /* never performs: dh3_request_complete only reads its (empty) info */
+  static dh3_easy easy; /* never performs: dh3_request_complete only reads its (empty) info */
   lua_State *L = dh3_fuzz_state();
   dh3_request req;
   CURLcode code;
   uint8_t ctl;
   int end;
   if (size == 0) return 0;
-  if (easy == NULL && (easy = curl_easy_init()) == NULL) dh3_fuzz_fail("curl_easy_init failed");
+  if (easy.curl == NULL && (easy.curl = curl_easy_init()) == NULL)
+    dh3_fuzz_fail("curl_easy_init failed");
   ctl = data[0];
   end = (ctl >> 6) & 3;
 
@@ -88,7 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   req.expect_size = (ctl & 0x20) ? DH3_FUZZ_EXPECT : -1;
   req.content_length_n = -1;
   req.state = DH3_REQ_ACTIVE;
-  req.easy = easy;
+  req.easy = &easy;
 
   code = end == 3 ? CURLE_COULDNT_CONNECT : dh3_fuzz_transfer(&req, data + 1, size - 1,
                                                                dh3_fuzz_chunks[ctl & 7]);
@@ -106,7 +107,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   dh3_request_complete(&req, code);
   req.status = req.status_seen; /* what CURLINFO_RESPONSE_CODE says of a real transfer */
   req.state = DH3_REQ_DONE;
-  if (memchr(req.note, '\0', sizeof(req.note)) == NULL) dh3_fuzz_fail("note not terminated");
+  if (req.note != NULL && memchr(req.note, '\0', DH3_NOTE_SIZE) == NULL)
+    dh3_fuzz_fail("note not terminated");
 
   lua_pushnil(L); /* the request userdata's slot in the result */
   dh3_request_push_result(L, &req, lua_gettop(L));

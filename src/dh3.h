@@ -50,6 +50,19 @@
 
 typedef struct dh3_engine dh3_engine;
 typedef struct dh3_request dh3_request;
+typedef struct dh3_easy dh3_easy;
+
+/* An easy handle, pooled by its engine, with what lives as long as it does. The options
+   that are the same for every request of an engine are set once, when the handle is made
+   (dh3_engine_take_easy); a request sets only its own (request.c), so a handle is never
+   reset between transfers. */
+struct dh3_easy {
+  CURL *curl;
+  int big_buffer;               /* CURLOPT_BUFFERSIZE is raised (a download's) */
+  char errbuf[CURL_ERROR_SIZE]; /* CURLOPT_ERRORBUFFER */
+};
+
+#define DH3_NOTE_SIZE 320
 
 typedef enum {
   DH3_REQ_NEW = 0,   /* being set up inside engine:request (never seen by Lua) */
@@ -61,7 +74,7 @@ typedef enum {
 
 struct dh3_engine {
   CURLM *multi;
-  CURL **pool; /* idle easy handles, curl_easy_reset already done */
+  dh3_easy **pool; /* idle easy handles, pointing at no request */
   int pool_len, pool_cap;
   dh3_request *active; /* doubly linked list of ACTIVE requests */
   dh3_request *done_head, *done_tail; /* FIFO of DONE requests (next pointers) */
@@ -74,7 +87,7 @@ struct dh3_engine {
 
 struct dh3_request {
   dh3_engine *engine; /* non-NULL while ACTIVE or DONE; an engine that closes clears it */
-  CURL *easy;         /* owned while ACTIVE (or NEW); back to the pool once finished */
+  dh3_easy *easy;     /* owned while ACTIVE (or NEW); back to the pool once finished */
   dh3_req_state state;
   dh3_request *prev, *next; /* links in the active list or the done queue */
   int closed;               /* __gc / __close ran: heap freed */
@@ -108,8 +121,10 @@ struct dh3_request {
   CURLcode code;
   long status, http_version, request_size, connects;
   curl_off_t time_total, time_connect, time_start; /* microseconds */
-  char note[320];                 /* our own explanation of a failure, "" if none */
-  char errbuf[CURL_ERROR_SIZE];   /* CURLOPT_ERRORBUFFER */
+  /* failures only, so a request that went well allocates neither (and its userdata,
+     which the collector counts, stays small) */
+  char *note;   /* our own explanation of a failure (DH3_NOTE_SIZE bytes), or NULL */
+  char *detail; /* libcurl's error text (a copy of the handle's errbuf), or NULL */
 };
 
 /* core.c */
@@ -120,8 +135,9 @@ void dh3_core_check_fields(lua_State *L, int idx, const char *const *fields);
 /* engine.c */
 void dh3_engine_open(lua_State *L);
 int dh3_engine_new(lua_State *L);
-CURL *dh3_engine_take_easy(dh3_engine *e);
-void dh3_engine_give_easy(dh3_engine *e, CURL *easy);
+dh3_easy *dh3_engine_take_easy(dh3_engine *e, CURLcode *rc);
+void dh3_engine_give_easy(dh3_engine *e, dh3_easy *easy);
+void dh3_engine_free_easy(dh3_easy *easy);
 void dh3_engine_link_active(dh3_engine *e, dh3_request *req);
 void dh3_engine_remove(dh3_engine *e, dh3_request *req);
 

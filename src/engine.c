@@ -1,10 +1,11 @@
 /*
 ** engine.c: "dh3.engine", one libcurl multi handle.
 **
-** Owns: the CURLM, a pool of idle easy handles (reused after curl_easy_reset; the
-** connections themselves live in the multi's connection cache, so reuse works whether
-** or not an easy handle is reused), the list of ACTIVE requests and the FIFO queue of
-** DONE ones.
+** Owns: the CURLM, a pool of idle easy handles (the connections themselves live in the
+** multi's connection cache, so reuse works whether or not an easy handle is reused), the
+** list of ACTIVE requests and the FIFO queue of DONE ones. An easy handle gets the
+** engine's own options (user agent, TLS, callbacks...) once, when it is made, and is never
+** reset: a request sets only the options of its own (request.c).
 **
 ** Anchoring: the engine's user value 1 is a table holding every request userdata from
 ** engine:request until next_done delivers it (or it is cancelled), so a request the caller
@@ -43,23 +44,77 @@ static char *dh3_engine_strdup(const char *s) {
 ** Helpers request.c uses
 ** ======================================================================= */
 
-/* An idle easy handle from the pool, or a new one; NULL when out of memory. */
-CURL *dh3_engine_take_easy(dh3_engine *e) {
+void dh3_engine_free_easy(dh3_easy *easy) {
+  if (easy == NULL) return;
+  curl_easy_cleanup(easy->curl);
+  free(easy);
+}
+
+/* The options that are the same for every request of engine e. */
+static CURLcode dh3_engine_setup_easy(dh3_engine *e, dh3_easy *easy) {
+  CURL *h = easy->curl;
+  CURLcode rc;
+#define DH3_SET(opt, val)                                            \
+  do {                                                               \
+    if ((rc = curl_easy_setopt(h, opt, val)) != CURLE_OK) return rc; \
+  } while (0)
+  DH3_SET(CURLOPT_ERRORBUFFER, easy->errbuf);
+  DH3_SET(CURLOPT_NOSIGNAL, 1L); /* no SIGALRM into a host's process, no longjmp */
+#if LIBCURL_VERSION_NUM >= 0x075500
+  DH3_SET(CURLOPT_PROTOCOLS_STR, "http,https");
+  DH3_SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+  DH3_SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+  DH3_SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  /* refused only by a libcurl without HTTP/2, which then speaks HTTP/1.1: fine */
+  (void)curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  DH3_SET(CURLOPT_TCP_KEEPALIVE, 1L);
+  /* the defaults, said out loud: there is no option to turn verification off */
+  DH3_SET(CURLOPT_SSL_VERIFYPEER, 1L);
+  DH3_SET(CURLOPT_SSL_VERIFYHOST, 2L);
+  DH3_SET(CURLOPT_USERAGENT, e->user_agent);
+  if (e->ca_file != NULL) DH3_SET(CURLOPT_CAINFO, e->ca_file);
+  if (e->proxy != NULL) DH3_SET(CURLOPT_PROXY, e->proxy);
+  DH3_SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  DH3_SET(CURLOPT_HEADERFUNCTION, dh3_request_on_header);
+  DH3_SET(CURLOPT_WRITEFUNCTION, dh3_request_on_body);
+#undef DH3_SET
+  return CURLE_OK;
+}
+
+/* An idle easy handle from the pool, or a new one with the engine's options; NULL when
+   out of memory or an option was refused (*rc then says which error, or CURLE_OK for
+   out of memory). */
+dh3_easy *dh3_engine_take_easy(dh3_engine *e, CURLcode *rc) {
+  dh3_easy *easy;
+  *rc = CURLE_OK;
   if (e->pool_len > 0) return e->pool[--e->pool_len];
-  return curl_easy_init();
+  easy = calloc(1, sizeof(*easy));
+  if (easy == NULL) return NULL;
+  easy->curl = curl_easy_init();
+  if (easy->curl == NULL || (*rc = dh3_engine_setup_easy(e, easy)) != CURLE_OK) {
+    dh3_engine_free_easy(easy);
+    return NULL;
+  }
+  return easy;
 }
 
 /* Takes back an easy handle that is not (or no longer) in the multi handle. */
-void dh3_engine_give_easy(dh3_engine *e, CURL *easy) {
+void dh3_engine_give_easy(dh3_engine *e, dh3_easy *easy) {
   if (easy == NULL) return;
   if (!e->closed && e->pool_len < e->pool_cap) {
-    /* reset now, not at the next take: it frees the finished transfer's option copies
-       (COPYPOSTFIELDS, URL) and forgets the pointers into the request (PRIVATE,
-       ERRORBUFFER, callback data), which may be freed long before the next take */
-    curl_easy_reset(easy);
+    /* An idle handle points at nothing of the request's, which may be freed long before
+       the handle is taken again: its header list (freed once the transfer is done), its
+       callback data. The URL and a POST body stay copied inside the handle until the next
+       request replaces them (neither holds the key: it is only in the header list). */
+    (void)curl_easy_setopt(easy->curl, CURLOPT_PRIVATE, (void *)NULL);
+    (void)curl_easy_setopt(easy->curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+    (void)curl_easy_setopt(easy->curl, CURLOPT_HEADERDATA, (void *)NULL);
+    (void)curl_easy_setopt(easy->curl, CURLOPT_WRITEDATA, (void *)NULL);
     e->pool[e->pool_len++] = easy;
   } else {
-    curl_easy_cleanup(easy);
+    dh3_engine_free_easy(easy);
   }
 }
 
@@ -116,7 +171,7 @@ void dh3_engine_remove(dh3_engine *e, dh3_request *req) {
   if (req->state == DH3_REQ_ACTIVE) {
     dh3_engine_unlink_active(e, req);
     if (req->easy != NULL) {
-      curl_multi_remove_handle(e->multi, req->easy);
+      curl_multi_remove_handle(e->multi, req->easy->curl);
       dh3_engine_give_easy(e, req->easy);
       req->easy = NULL;
     }
@@ -142,8 +197,8 @@ static void dh3_engine_close(lua_State *L, int idx, dh3_engine *e) {
     next = req->next;
     /* libcurl: an easy handle must leave the multi before either is cleaned up */
     if (req->easy != NULL) {
-      curl_multi_remove_handle(e->multi, req->easy);
-      curl_easy_cleanup(req->easy);
+      curl_multi_remove_handle(e->multi, req->easy->curl);
+      dh3_engine_free_easy(req->easy);
       req->easy = NULL;
     }
     req->prev = req->next = NULL;
@@ -179,7 +234,7 @@ static void dh3_engine_close(lua_State *L, int idx, dh3_engine *e) {
   lua_pushnil(L);
   lua_setiuservalue(L, idx, DH3_ENGINE_UV_ANCHORS);
 
-  for (i = 0; i < e->pool_len; i++) curl_easy_cleanup(e->pool[i]);
+  for (i = 0; i < e->pool_len; i++) dh3_engine_free_easy(e->pool[i]);
   free(e->pool);
   e->pool = NULL;
   e->pool_len = e->pool_cap = 0;
@@ -307,7 +362,7 @@ int dh3_engine_new(lua_State *L) {
     return luaL_error(L, "dh3.engine: out of memory");
 
   e->pool_cap = max_connections < DH3_MAX_POOL ? (int)max_connections : DH3_MAX_POOL;
-  e->pool = calloc((size_t)e->pool_cap, sizeof(CURL *));
+  e->pool = calloc((size_t)e->pool_cap, sizeof(dh3_easy *));
   if (e->pool == NULL) return luaL_error(L, "dh3.engine: out of memory");
   e->multi = curl_multi_init();
   if (e->multi == NULL) return luaL_error(L, "dh3.engine: curl_multi_init failed");
@@ -334,24 +389,27 @@ static int dh3_engine_collect(dh3_engine *e) {
   CURLMsg *msg;
   int left, moved = 0;
   while ((msg = curl_multi_info_read(e->multi, &left)) != NULL) {
-    CURL *easy;
+    CURL *curl;
+    dh3_easy *easy;
     CURLcode code;
     void *priv = NULL;
     dh3_request *req;
     if (msg->msg != CURLMSG_DONE) continue;
     /* copy out first: msg points into the easy handle and dies with remove_handle */
-    easy = msg->easy_handle;
+    curl = msg->easy_handle;
     code = msg->data.result;
-    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&priv);
+    curl_easy_getinfo(curl, CURLINFO_PRIVATE, (char **)&priv);
     req = (dh3_request *)priv;
-    if (req == NULL || req->easy != easy || req->state != DH3_REQ_ACTIVE) {
+    if (req == NULL || req->easy == NULL || req->easy->curl != curl ||
+        req->state != DH3_REQ_ACTIVE) {
       /* not ours: cannot happen, but never touch memory we do not know */
-      curl_multi_remove_handle(e->multi, easy);
+      curl_multi_remove_handle(e->multi, curl);
       continue;
     }
+    easy = req->easy;
     dh3_engine_unlink_active(e, req);
-    curl_multi_remove_handle(e->multi, easy);
-    dh3_request_complete(req, code); /* reads CURLINFO_* from the easy handle */
+    curl_multi_remove_handle(e->multi, curl);
+    dh3_request_complete(req, code); /* reads CURLINFO_* and the error text from the handle */
     req->easy = NULL;
     dh3_engine_give_easy(e, easy);
     req->state = DH3_REQ_DONE;

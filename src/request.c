@@ -244,9 +244,11 @@ static void dh3_request_parse(lua_State *L, dh3_engine *e, dh3_request_opts *o) 
 
 static void dh3_request_note(dh3_request *req, const char *fmt, ...) {
   va_list ap;
-  if (req->note[0] != '\0') return; /* the first explanation is the one that matters */
+  if (req->note != NULL) return; /* the first explanation is the one that matters */
+  req->note = malloc(DH3_NOTE_SIZE);
+  if (req->note == NULL) return; /* out of memory: the flags and curl's code still tell */
   va_start(ap, fmt);
-  vsnprintf(req->note, sizeof(req->note), fmt, ap);
+  vsnprintf(req->note, DH3_NOTE_SIZE, fmt, ap);
   va_end(ap);
 }
 
@@ -412,40 +414,24 @@ size_t dh3_request_on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 ** Setting up, finishing, tearing down
 ** ======================================================================= */
 
-static CURLcode dh3_request_setup(dh3_request *req, dh3_engine *e, const dh3_request_opts *o) {
-  CURL *h = req->easy;
+/* The options of this request, on a handle that has the engine's own (dh3_engine_take_easy)
+   and whatever its last request set: so every option a request may set is set here, each
+   time, to this request's value or back to libcurl's default. */
+static CURLcode dh3_request_setup(dh3_request *req, const dh3_request_opts *o) {
+  dh3_easy *easy = req->easy;
+  CURL *h = easy->curl;
   CURLcode rc;
 #define DH3_SET(opt, val)                                            \
   do {                                                               \
     if ((rc = curl_easy_setopt(h, opt, val)) != CURLE_OK) return rc; \
   } while (0)
+  easy->errbuf[0] = '\0';
   DH3_SET(CURLOPT_PRIVATE, (void *)req);
-  DH3_SET(CURLOPT_ERRORBUFFER, req->errbuf); /* lives in the request: valid while active */
-  DH3_SET(CURLOPT_NOSIGNAL, 1L); /* no SIGALRM into a host's process, no longjmp */
   DH3_SET(CURLOPT_URL, o->url);
-#if LIBCURL_VERSION_NUM >= 0x075500
-  DH3_SET(CURLOPT_PROTOCOLS_STR, "http,https");
-  DH3_SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-#else
-  DH3_SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-  DH3_SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-  /* refused only by a libcurl without HTTP/2, which then speaks HTTP/1.1: fine */
-  (void)curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-  DH3_SET(CURLOPT_TCP_KEEPALIVE, 1L);
-  /* the defaults, said out loud: there is no option to turn verification off */
-  DH3_SET(CURLOPT_SSL_VERIFYPEER, 1L);
-  DH3_SET(CURLOPT_SSL_VERIFYHOST, 2L);
-  DH3_SET(CURLOPT_USERAGENT, e->user_agent);
-  if (e->ca_file != NULL) DH3_SET(CURLOPT_CAINFO, e->ca_file);
-  if (e->proxy != NULL) DH3_SET(CURLOPT_PROXY, e->proxy);
-  DH3_SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-  DH3_SET(CURLOPT_HEADERFUNCTION, dh3_request_on_header);
   DH3_SET(CURLOPT_HEADERDATA, (void *)req);
-  DH3_SET(CURLOPT_WRITEFUNCTION, dh3_request_on_body);
   DH3_SET(CURLOPT_WRITEDATA, (void *)req);
   /* libcurl does not copy the list: it stays ours until the transfer is finished */
-  if (req->headers != NULL) DH3_SET(CURLOPT_HTTPHEADER, req->headers);
+  DH3_SET(CURLOPT_HTTPHEADER, req->headers); /* NULL: no headers of the caller's */
   switch (o->method) {
     case DH3_METHOD_POST:
       DH3_SET(CURLOPT_POST, 1L);
@@ -461,14 +447,19 @@ static CURLcode dh3_request_setup(dh3_request *req, dh3_engine *e, const dh3_req
       DH3_SET(CURLOPT_HTTPGET, 1L);
       break;
   }
-  /* API answers may be compressed; a download must arrive as the bytes whose size the
-     service announced, so it asks for no encoding */
-  if (o->download_to == NULL) DH3_SET(CURLOPT_ACCEPT_ENCODING, "");
-  /* a large image arrives in 128 KiB reads instead of libcurl's default 16 KiB: a sixth of the
-     recv and poll calls, which is what kept downloads behind the curl tool (bench/RESULTS.md) */
-  else DH3_SET(CURLOPT_BUFFERSIZE, 128L * 1024L);
-  if (o->timeout_ms > 0) DH3_SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
-  if (o->connect_timeout_ms > 0) DH3_SET(CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
+  /* No Accept-Encoding: an API answer is a few hundred bytes, which compression would not
+     make faster (libcurl's decoder costs more per request than it saves), and a download
+     must arrive as the very bytes whose size the service announced.
+     A large image arrives in 128 KiB reads instead of libcurl's default 16 KiB: a sixth of
+     the recv and poll calls, which is what kept downloads behind the curl tool
+     (bench/RESULTS.md). Set only when it changes: libcurl reallocates its buffer. */
+  if ((o->download_to != NULL) != easy->big_buffer) {
+    easy->big_buffer = o->download_to != NULL;
+    DH3_SET(CURLOPT_BUFFERSIZE, easy->big_buffer ? 128L * 1024L : (long)CURL_MAX_WRITE_SIZE);
+  }
+  /* 0: no overall limit, and libcurl's default for the connection */
+  DH3_SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
+  DH3_SET(CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
   if (o->follow_redirects) {
     DH3_SET(CURLOPT_FOLLOWLOCATION, 1L);
     DH3_SET(CURLOPT_MAXREDIRS, DH3_MAX_REDIRS);
@@ -542,7 +533,7 @@ static void dh3_request_finalize(dh3_request *req) {
 /* Called by the engine once the easy handle left the multi handle, before it goes back
    to the pool: the facts Lua will see are read now, and a download is finished. */
 void dh3_request_complete(dh3_request *req, CURLcode code) {
-  CURL *h = req->easy;
+  CURL *h = req->easy->curl;
   long v;
   curl_off_t t;
   req->code = code;
@@ -556,6 +547,16 @@ void dh3_request_complete(dh3_request *req, CURLcode code) {
     req->time_start = t;
   curl_slist_free_all(req->headers); /* libcurl is done with it */
   req->headers = NULL;
+  if (code != CURLE_OK && req->easy->errbuf[0] != '\0') {
+    /* the handle's buffer serves its next request: keep a copy (none when out of memory:
+       curl's own name for the code still tells) */
+    size_t n = strnlen(req->easy->errbuf, CURL_ERROR_SIZE - 1);
+    req->detail = malloc(n + 1);
+    if (req->detail != NULL) {
+      memcpy(req->detail, req->easy->errbuf, n);
+      req->detail[n] = '\0';
+    }
+  }
   if (req->dest != NULL) {
     dh3_request_finalize(req);
   } else if (code == CURLE_OK && DH3_IS_2XX(req->status_seen) && req->expect_size >= 0 &&
@@ -589,10 +590,13 @@ static void dh3_request_close(lua_State *L, int ud, dh3_request *req) {
   if (req->closed) return;
   dh3_request_stop(L, ud, req);
   if (req->easy != NULL) { /* a request that failed while being set up */
-    curl_easy_cleanup(req->easy);
+    dh3_engine_free_easy(req->easy);
     req->easy = NULL;
   }
   dh3_request_drop_transfer(req);
+  free(req->note);
+  free(req->detail);
+  req->note = req->detail = NULL;
   free(req->body);
   free(req->dest);
   free(req->retry_after);
@@ -691,13 +695,15 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
     req->headers = l;
   }
 
-  req->easy = dh3_engine_take_easy(e);
-  if (req->easy == NULL) return dh3_request_fail(L, e, req, "curl_easy_init failed");
-  rc = dh3_request_setup(req, e, &o);
+  req->easy = dh3_engine_take_easy(e, &rc);
+  if (req->easy == NULL)
+    return dh3_request_fail(L, e, req, "cannot make a libcurl handle: %s",
+                            rc != CURLE_OK ? curl_easy_strerror(rc) : "out of memory");
+  rc = dh3_request_setup(req, &o);
   if (rc != CURLE_OK)
     return dh3_request_fail(L, e, req, "cannot set up the request: %s", curl_easy_strerror(rc));
 
-  mc = curl_multi_add_handle(e->multi, req->easy);
+  mc = curl_multi_add_handle(e->multi, req->easy->curl);
   if (mc != CURLM_OK)
     return dh3_request_fail(L, e, req, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
   req->engine = e;
@@ -733,22 +739,23 @@ static void dh3_request_set_seconds(lua_State *L, const char *key, curl_off_t us
 
 static void dh3_request_push_message(lua_State *L, dh3_request *req) {
   luaL_Buffer b;
-  if (req->note[0] == '\0' && req->code == CURLE_OK) {
+  int noted = req->note != NULL && req->note[0] != '\0';
+  if (!noted && req->code == CURLE_OK) {
     lua_pushnil(L);
     return;
   }
   luaL_buffinit(L, &b);
-  luaL_addstring(&b, req->note);
+  if (noted) luaL_addstring(&b, req->note);
   if (req->code != CURLE_OK) {
-    size_t len = strlen(req->errbuf);
-    while (len > 0 && (req->errbuf[len - 1] == '\n' || req->errbuf[len - 1] == '\r')) len--;
-    if (req->note[0] != '\0') luaL_addstring(&b, " (");
+    size_t len = req->detail != NULL ? strlen(req->detail) : 0;
+    while (len > 0 && (req->detail[len - 1] == '\n' || req->detail[len - 1] == '\r')) len--;
+    if (noted) luaL_addstring(&b, " (");
     luaL_addstring(&b, curl_easy_strerror(req->code));
     if (len > 0) {
       luaL_addstring(&b, ": ");
-      luaL_addlstring(&b, req->errbuf, len);
+      luaL_addlstring(&b, req->detail, len);
     }
-    if (req->note[0] != '\0') luaL_addchar(&b, ')');
+    if (noted) luaL_addchar(&b, ')');
   }
   luaL_pushresult(&b);
 }
@@ -810,8 +817,10 @@ void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
 void dh3_request_delivered(dh3_request *req) {
   req->engine = NULL;
   req->state = DH3_REQ_DELIVERED;
-  free(req->body); /* now a Lua string in the result */
-  req->body = NULL;
+  free(req->body); /* now a Lua string in the result, as the note and detail are */
+  free(req->note);
+  free(req->detail);
+  req->body = req->note = req->detail = NULL;
   req->body_len = req->body_cap = 0;
 }
 /* }====================================================================== */
