@@ -66,6 +66,31 @@ describe("dh3.new", function()
   it("reports the same version as the C core", function()
     assert.are.equal(core.VERSION, dh3.VERSION)
   end)
+
+  it("loads libcurl only when a client is made: require \"dh3\" loads nothing else", function()
+    local script = [[
+      package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+      package.cpath = "./?.so;" .. package.cpath
+      local function loaded()
+        local names = {}
+        for name in pairs(package.loaded) do
+          if name:find("^dh3") then names[#names + 1] = name end
+        end
+        table.sort(names)
+        return table.concat(names, " ")
+      end
+      local dh3 = require "dh3"
+      print(loaded())
+      print(dh3.is_error(dh3) and "error" or "not an error", loaded():find("dh3.core", 1, true) ~= nil)
+      local client = assert(dh3.new{ api_key = "k", base_url = "http://127.0.0.1:9" })
+      print(loaded():find("dh3.client", 1, true) ~= nil, type(dh3.webhook.parse), dh3.nothing)
+      client:close()
+    ]]
+    local p = io.popen("lua5.4 -e " .. files.quote(script) .. " 2>&1")
+    local out = p:read("a")
+    assert.is_true(p:close(), out)
+    assert.are.equal("dh3\nnot an error\ttrue\ntrue\tfunction\tnil\n", out)
+  end)
 end)
 
 describe("dh3 against the emulator", function()

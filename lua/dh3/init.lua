@@ -3,8 +3,11 @@
 --   local client = assert(dh3.new{api_key = "..."})
 --   local task = assert(client:create{prompt = "a lighthouse at dawn"})
 --   assert(task:wait()); assert(task:download("out/"))
-local client = require "dh3.client"
-local errors = require "dh3.errors"
+--
+-- Requiring dh3 loads nothing else: the rest of the library, and with it libcurl (whose
+-- dozens of shared libraries take some 20-30 ms to map on a Debian machine, bench/RESULTS.md),
+-- is loaded by the first call that needs it, usually dh3.new. A host that requires its modules
+-- while a frame is due pays nothing for dh3 until it makes a client, at a time of its choosing.
 
 local M = {}
 
@@ -12,13 +15,20 @@ M.VERSION = "0.1.0"
 
 --- A new client, or nil, err. See README.md for the options.
 function M.new(opts)
-  return client.new(opts, M.VERSION)
+  return require("dh3.client").new(opts, M.VERSION)
 end
 
 --- True when v is an error returned by dh3.
-M.is_error = errors.is_error
+function M.is_error(v)
+  return require("dh3.errors").is_error(v)
+end
 
---- Callbacks: dh3.webhook.parse(body), dh3.webhook.deduplicator([store]).
-M.webhook = require "dh3.webhook"
-
-return M
+-- dh3.webhook (parse, deduplicator), loaded on first use.
+return setmetatable(M, {
+  __index = function(t, k)
+    if k ~= "webhook" then return nil end
+    local webhook = require "dh3.webhook"
+    rawset(t, k, webhook)
+    return webhook
+  end,
+})
