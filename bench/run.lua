@@ -8,7 +8,8 @@
 -- Environment: BENCH_QUICK=1 (a smoke run: smaller counts, one run), BENCH_RUNS=N,
 -- BENCH_RESULTS=1 (also replace the numbers in bench/RESULTS.md between its markers),
 -- BENCH_PYTHON (default /usr/bin/python3), BENCH_NGINX (default nginx), LUA (default lua5.4),
--- CC (default cc), BENCH_KEEP=1 (keep the temp dir).
+-- CC (default cc), BENCH_KEEP=1 (keep the temp dir), BENCH_ONLY=a,b (only these measures: sequential,
+-- concurrent, pacing, download, memory, require, ceiling).
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 
 local socket = require "socket"
@@ -577,7 +578,9 @@ local function main(ctx)
   log("dh3-emulator on %s", ctx.emulator.url)
 
   local rows = {}
+  local only = env("BENCH_ONLY")
   local function add(name, fn)
+    if only and not (("," .. only .. ","):find("," .. name .. ",", 1, true)) then return end
     local t0 = now()
     local ok, got = xpcall(fn, debug.traceback, ctx)
     if ok then

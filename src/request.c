@@ -765,7 +765,7 @@ void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
   int ok = req->code == CURLE_OK && !req->too_large && !req->size_mismatch && !req->oom &&
            (req->dest == NULL || req->finalized);
   const char *hv = NULL;
-  lua_createtable(L, 0, 20);
+  lua_createtable(L, 0, 16); /* the fields of a success; a failure's few more grow it once */
   lua_pushvalue(L, ud);
   lua_setfield(L, -2, "request");
   lua_pushboolean(L, ok);

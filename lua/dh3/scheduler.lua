@@ -55,6 +55,7 @@ end
 
 function Scheduler:_resume(co, ...)
   local ok, yielded = coroutine.resume(co, ...)
+  if yielded == WAIT then return end -- the common case: it waits on one of ours again
   if not ok then
     self.threads[co] = nil
     self.awaiting[co] = nil
@@ -67,7 +68,7 @@ function Scheduler:_resume(co, ...)
     self.threads[co] = nil
     self.awaiting[co] = nil
     self.nthreads = self.nthreads - 1
-  elseif yielded ~= WAIT then
+  else -- a bare coroutine.yield() of the spawned function's own: resumed on the next step
     self.ready[#self.ready + 1] = co
   end
 end

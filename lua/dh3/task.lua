@@ -24,7 +24,10 @@ end
 --- A task of `client` from an input table (not yet created) or an existing task id.
 -- `level` is error()'s level for the caller's mistakes, as seen from here.
 function M.new(client, input, level)
-  local self = setmetatable({ client = client }, Task)
+  -- The nil fields size the table for what a task holds once read (a constructor reserves a
+  -- slot for every field it names): polling thousands of tasks then grows none of them.
+  local self = setmetatable({ client = client, id = nil, state = nil, images = nil, error = nil,
+    _token = nil, _callback = nil }, Task)
   if type(input) == "string" then
     if not validate.task_id(input) then
       error(("client:task: '%s' is not a task id"):format(errors.sanitize(input, 80)), level)
@@ -87,7 +90,8 @@ end
 function Task:_cancel_token()
   local token = self._token
   if not token then
-    token = {}
+    -- sized for the fields scheduler.await/sleep/cancel and the poller set on it (see Task.new)
+    token = { req = nil, co = nil, timer = nil, cancelled = nil, woken = nil, on_cancel = nil, on_wake = nil }
     self._token = token
   end
   return token
