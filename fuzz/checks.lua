@@ -97,7 +97,10 @@ end
 function M.response(res, facts)
   check(type(res.ok) == "boolean", "ok")
   check(math.type(res.status) == "integer", "status")
-  check(math.type(res.curl_code) == "integer" and type(res.curl_error) == "string", "curl facts")
+  check(math.type(res.curl_code) == "integer", "curl_code")
+  if res.curl_code ~= 0 then
+    check(type(res.curl_error) == "string" and math.type(res.request_size) == "integer", "curl facts")
+  end
   check(type(res.headers) == "table", "headers")
   for k, v in pairs(res.headers) do check(type(v) == "string", "header %s", tostring(k)) end
   if not res.ok then check(type(res.message) == "string" and res.message ~= "", "a failure without a message") end

@@ -760,12 +760,14 @@ static void dh3_request_push_message(lua_State *L, dh3_request *req) {
   luaL_pushresult(&b);
 }
 
-/* Pushes the result table of a DONE request (ud: its userdata, or nil). */
+/* Pushes the result table of a DONE request (ud: its userdata, or nil). What the caller acts
+   on, and no more: a success has 8 fields (a table of 8 slots, allocated once); the facts of a
+   failure, and a download's path, are added only then. The transfer's diagnostics (timings,
+   HTTP version, connections made) are request:info()'s. */
 void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
   int ok = req->code == CURLE_OK && !req->too_large && !req->size_mismatch && !req->oom &&
            (req->dest == NULL || req->finalized);
-  const char *hv = NULL;
-  lua_createtable(L, 0, 16); /* the fields of a success; a failure's few more grow it once */
+  lua_createtable(L, 0, 8);
   lua_pushvalue(L, ud);
   lua_setfield(L, -2, "request");
   lua_pushboolean(L, ok);
@@ -774,9 +776,14 @@ void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
   lua_setfield(L, -2, "status");
   lua_pushinteger(L, (lua_Integer)req->code);
   lua_setfield(L, -2, "curl_code");
-  dh3_request_set_string(L, "curl_error", dh3_core_error_name(req->code));
-  dh3_request_push_message(L, req);
-  lua_setfield(L, -2, "message");
+  lua_pushinteger(L, (lua_Integer)req->bytes);
+  lua_setfield(L, -2, "bytes");
+  dh3_request_set_seconds(L, "time", req->time_total);
+  lua_createtable(L, 0, 3);
+  dh3_request_set_string(L, "retry_after", req->retry_after);
+  dh3_request_set_string(L, "content_type", req->content_type);
+  dh3_request_set_string(L, "content_length", req->content_length);
+  lua_setfield(L, -2, "headers");
   /* the whole body of the last response: not when it went to the file, and not the
      piece a failed transfer (timeout, reset, over a limit) left behind */
   if (req->code == CURLE_OK && req->status_seen != 0 && !req->finalized &&
@@ -784,32 +791,22 @@ void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
     lua_pushlstring(L, req->body != NULL ? req->body : "", req->body_len);
     lua_setfield(L, -2, "body");
   }
-  lua_pushinteger(L, (lua_Integer)req->bytes);
-  lua_setfield(L, -2, "bytes");
-  lua_createtable(L, 0, 3);
-  dh3_request_set_string(L, "retry_after", req->retry_after);
-  dh3_request_set_string(L, "content_type", req->content_type);
-  dh3_request_set_string(L, "content_length", req->content_length);
-  lua_setfield(L, -2, "headers");
-  dh3_request_set_seconds(L, "time", req->time_total);
-  dh3_request_set_seconds(L, "time_connect", req->time_connect);
-  dh3_request_set_seconds(L, "time_starttransfer", req->time_start);
-  lua_pushinteger(L, (lua_Integer)req->request_size);
-  lua_setfield(L, -2, "request_size");
-  lua_pushinteger(L, (lua_Integer)req->connects);
-  lua_setfield(L, -2, "connects");
-  switch (req->http_version) {
-    case CURL_HTTP_VERSION_1_0: hv = "1.0"; break;
-    case CURL_HTTP_VERSION_1_1: hv = "1.1"; break;
-    case CURL_HTTP_VERSION_2_0: hv = "2"; break;
-    case CURL_HTTP_VERSION_3: hv = "3"; break;
-    default: break;
+  if (req->code != CURLE_OK) {
+    dh3_request_set_string(L, "curl_error", dh3_core_error_name(req->code));
+    /* 0: no byte of the request left (what tells a create that certainly made nothing) */
+    lua_pushinteger(L, (lua_Integer)req->request_size);
+    lua_setfield(L, -2, "request_size");
   }
-  dh3_request_set_string(L, "http_version", hv);
-  lua_pushboolean(L, req->too_large);
-  lua_setfield(L, -2, "too_large");
-  lua_pushboolean(L, req->size_mismatch);
-  lua_setfield(L, -2, "size_mismatch");
+  dh3_request_push_message(L, req);
+  lua_setfield(L, -2, "message");
+  if (req->too_large) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "too_large");
+  }
+  if (req->size_mismatch) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "size_mismatch");
+  }
   if (req->finalized) dh3_request_set_string(L, "path", req->dest);
 }
 
@@ -857,6 +854,34 @@ static int dh3_request_progress(lua_State *L) {
   return 2;
 }
 
+/* request:info() -> {http_version, time, time_connect, time_starttransfer, request_size,
+   connects}: the diagnostics of a finished transfer (nil before it finished) */
+static int dh3_request_info(lua_State *L) {
+  dh3_request *req = dh3_request_check(L);
+  const char *hv = NULL;
+  if (req->state != DH3_REQ_DONE && req->state != DH3_REQ_DELIVERED) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_createtable(L, 0, 6);
+  switch (req->http_version) {
+    case CURL_HTTP_VERSION_1_0: hv = "1.0"; break;
+    case CURL_HTTP_VERSION_1_1: hv = "1.1"; break;
+    case CURL_HTTP_VERSION_2_0: hv = "2"; break;
+    case CURL_HTTP_VERSION_3: hv = "3"; break;
+    default: break;
+  }
+  dh3_request_set_string(L, "http_version", hv);
+  dh3_request_set_seconds(L, "time", req->time_total);
+  dh3_request_set_seconds(L, "time_connect", req->time_connect);
+  dh3_request_set_seconds(L, "time_starttransfer", req->time_start);
+  lua_pushinteger(L, (lua_Integer)req->request_size);
+  lua_setfield(L, -2, "request_size");
+  lua_pushinteger(L, (lua_Integer)req->connects);
+  lua_setfield(L, -2, "connects");
+  return 1;
+}
+
 /* request:state() -> "active" | "done" | "delivered" | "cancelled" */
 static int dh3_request_state(lua_State *L) {
   dh3_request *req = dh3_request_check(L);
@@ -886,6 +911,7 @@ static int dh3_request_tostring(lua_State *L) {
 static const luaL_Reg dh3_request_methods[] = {
   {"cancel", dh3_request_cancel},
   {"progress", dh3_request_progress},
+  {"info", dh3_request_info},
   {"state", dh3_request_state},
   {NULL, NULL}
 };
