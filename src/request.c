@@ -79,6 +79,7 @@ typedef struct {
   curl_off_t expect_size;
   size_t max_body;
   int user_expect; /* the caller sent an Expect header of its own */
+  int given;       /* how many of the known fields are set */
 } dh3_request_opts;
 
 static int dh3_request_bad(lua_State *L, const char *fmt, ...) {
@@ -96,12 +97,20 @@ static int dh3_request_field(lua_State *L, const char *name) {
   return lua_rawget(L, 2);
 }
 
+/* The same, counting a field that is set in o->given. */
+static int dh3_request_known(lua_State *L, dh3_request_opts *o, const char *name) {
+  int t = dh3_request_field(L, name);
+  if (t != LUA_TNIL) o->given++;
+  return t;
+}
+
 /* A string field, without NUL bytes (libcurl takes C strings). The pointer stays valid
    after the pop: the options table holds the string and nothing changes it meanwhile. */
-static const char *dh3_request_opt_string(lua_State *L, const char *name, size_t *lenp) {
+static const char *dh3_request_opt_string(lua_State *L, dh3_request_opts *o, const char *name,
+                                          size_t *lenp) {
   const char *s;
   size_t len;
-  int t = dh3_request_field(L, name);
+  int t = dh3_request_known(L, o, name);
   if (t == LUA_TNIL) {
     lua_pop(L, 1);
     return NULL;
@@ -120,11 +129,11 @@ static const char *dh3_request_opt_string(lua_State *L, const char *name, size_t
 
 /* Seconds as a number > 0 -> milliseconds, rounded up (0.0001 s must not become 0,
    which libcurl reads as "no timeout"). 0 when not given. */
-static long dh3_request_opt_ms(lua_State *L, const char *name) {
+static long dh3_request_opt_ms(lua_State *L, dh3_request_opts *o, const char *name) {
   lua_Number s;
   double ms;
   long v;
-  int t = dh3_request_field(L, name);
+  int t = dh3_request_known(L, o, name);
   if (t == LUA_TNIL) {
     lua_pop(L, 1);
     return 0;
@@ -140,11 +149,11 @@ static long dh3_request_opt_ms(lua_State *L, const char *name) {
   return v;
 }
 
-static lua_Integer dh3_request_opt_integer(lua_State *L, const char *name, lua_Integer def,
-                                           lua_Integer min, lua_Integer max) {
+static lua_Integer dh3_request_opt_integer(lua_State *L, dh3_request_opts *o, const char *name,
+                                           lua_Integer def, lua_Integer min, lua_Integer max) {
   lua_Integer v;
   int isint = 0;
-  int t = dh3_request_field(L, name);
+  int t = dh3_request_known(L, o, name);
   if (t == LUA_TNIL) {
     lua_pop(L, 1);
     return def;
@@ -167,24 +176,34 @@ static int dh3_request_prefix_ci(const char *s, size_t len, const char *lower) {
   return 1;
 }
 
+/* The number of keys of the table at idx. */
+static int dh3_request_count_keys(lua_State *L, int idx) {
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    n++;
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
 /* Validates every option (raising on a caller's mistake) before anything is allocated. */
 static void dh3_request_parse(lua_State *L, dh3_engine *e, dh3_request_opts *o) {
   const char *s;
   memset(o, 0, sizeof(*o));
-  dh3_core_check_fields(L, 2, dh3_request_fields);
 
   o->method = DH3_METHOD_GET;
-  if ((s = dh3_request_opt_string(L, "method", NULL)) != NULL) {
+  if ((s = dh3_request_opt_string(L, o, "method", NULL)) != NULL) {
     int i;
     o->method = -1;
     for (i = 0; dh3_request_method_names[i] != NULL; i++)
       if (strcmp(s, dh3_request_method_names[i]) == 0) o->method = i;
     if (o->method < 0) dh3_request_bad(L, "field 'method' must be GET, POST or HEAD");
   }
-  o->url = dh3_request_opt_string(L, "url", NULL);
+  o->url = dh3_request_opt_string(L, o, "url", NULL);
   if (o->url == NULL) dh3_request_bad(L, "field 'url' is required");
 
-  switch (dh3_request_field(L, "headers")) {
+  switch (dh3_request_known(L, o, "headers")) {
     case LUA_TNIL:
       break;
     case LUA_TTABLE: {
@@ -210,13 +229,13 @@ static void dh3_request_parse(lua_State *L, dh3_engine *e, dh3_request_opts *o) 
   }
   lua_pop(L, 1);
 
-  o->body = dh3_request_opt_string(L, "body", &o->body_len);
+  o->body = dh3_request_opt_string(L, o, "body", &o->body_len);
   if (o->body != NULL && o->method != DH3_METHOD_POST)
     dh3_request_bad(L, "field 'body' needs method POST");
-  o->timeout_ms = dh3_request_opt_ms(L, "timeout");
-  o->connect_timeout_ms = dh3_request_opt_ms(L, "connect_timeout");
+  o->timeout_ms = dh3_request_opt_ms(L, o, "timeout");
+  o->connect_timeout_ms = dh3_request_opt_ms(L, o, "connect_timeout");
 
-  switch (dh3_request_field(L, "follow_redirects")) {
+  switch (dh3_request_known(L, o, "follow_redirects")) {
     case LUA_TNIL:
       break;
     case LUA_TBOOLEAN:
@@ -228,13 +247,18 @@ static void dh3_request_parse(lua_State *L, dh3_engine *e, dh3_request_opts *o) 
   }
   lua_pop(L, 1);
 
-  o->download_to = dh3_request_opt_string(L, "download_to", NULL);
+  o->download_to = dh3_request_opt_string(L, o, "download_to", NULL);
   if (o->download_to != NULL && (o->download_to[0] == '\0' || o->method == DH3_METHOD_HEAD))
     dh3_request_bad(L, "field 'download_to' must be a path, and the method GET or POST");
-  o->expect_size = (curl_off_t)dh3_request_opt_integer(L, "expect_size", -1, 0,
+  o->expect_size = (curl_off_t)dh3_request_opt_integer(L, o, "expect_size", -1, 0,
                                                        LUA_MAXINTEGER);
-  o->max_body = (size_t)dh3_request_opt_integer(L, "max_body", (lua_Integer)e->max_body, 1,
+  o->max_body = (size_t)dh3_request_opt_integer(L, o, "max_body", (lua_Integer)e->max_body, 1,
                                                 DH3_MAX_BODY_LIMIT);
+  dh3_request_known(L, o, "context"); /* any value: it is only kept */
+  lua_pop(L, 1);
+  /* Every key a known field? Counting the keys costs less than naming each: only a table with
+     a key no read above found is walked again, to name that key in the error. */
+  if (dh3_request_count_keys(L, 2) != o->given) dh3_core_check_fields(L, 2, dh3_request_fields);
 }
 /* }====================================================================== */
 
