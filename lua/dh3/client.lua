@@ -117,16 +117,17 @@ local function call_hook(hook, info)
   if not ok then io.stderr:write("dh3: on_request hook failed: ", tostring(err), "\n") end
 end
 
---- One API call with its retries. `path` has no secret; `query` is appended for the request only.
--- opts: create (boolean: the non-idempotent create rules), task_id, deadline (core.now() based),
--- token (through which scheduler:cancel stops the call).
--- Returns the decoded answer (body code 200), or nil, err.
-function Client:_api(method, path, query, body, opts)
+--- One API call about `task`, with its retries. `path` has no secret; `query` is appended for the
+-- request only. A create (path contract.CREATE_PATH) follows the non-idempotent create rules and
+-- is never cut short; a read can be, through the task's cancel token. `deadline` (core.now()
+-- based), optional, bounds the whole call. Returns the decoded answer (body code 200), or nil, err.
+function Client:_api(method, path, query, body, task, deadline)
   local sched = self:_scheduler()
   local url = self.base_url .. path .. (query or "")
   local json
   if body then json = assert(core.json_encode(body)) end
-  local is_create, deadline = opts.create, opts.deadline
+  local is_create = path == contract.CREATE_PATH
+  local task_id, token = task.id, not is_create and task:_cancel_token() or nil
   local attempt = 0
   while true do
     attempt = attempt + 1
@@ -134,7 +135,7 @@ function Client:_api(method, path, query, body, opts)
     if deadline then
       timeout = math.min(timeout, deadline - core.now())
       if timeout <= 0 then
-        return nil, errors.new("timeout", "no time left for the request", { task_id = opts.task_id })
+        return nil, errors.new("timeout", "no time left for the request", { task_id = task_id })
       end
     end
     local slot = is_create and self._pacer and self._pacer:acquire(function(s) sched:sleep(s) end)
@@ -144,16 +145,16 @@ function Client:_api(method, path, query, body, opts)
     }
     if not req then
       if slot then self._pacer:release(slot) end
-      return nil, errors.new("invalid_request", errors.sanitize(rerr, 200), { task_id = opts.task_id })
+      return nil, errors.new("invalid_request", errors.sanitize(rerr, 200), { task_id = task_id })
     end
-    local res = sched:await(req, opts.token)
+    local res = sched:await(req, token)
     if slot then self._pacer:release(slot) end
-    if res == scheduler.CANCELLED then return nil, errors.cancelled(opts.task_id) end
+    if res == scheduler.CANCELLED then return nil, errors.cancelled(task_id) end
     local doc, err = errors.from_response(res)
     if self.on_request then
       call_hook(self.on_request, {
         method = method, path = path, status = res.status, attempt = attempt, seconds = res.time,
-        error = err and err.kind or nil, task_id = opts.task_id,
+        error = err and err.kind or nil, task_id = task_id,
       })
     end
     if doc then return doc end
@@ -164,7 +165,7 @@ function Client:_api(method, path, query, body, opts)
     else
       retryable = retry.read_retryable(err)
     end
-    err.task_id, err.retryable = opts.task_id, retryable
+    err.task_id, err.retryable = task_id, retryable
     if maybe_created then
       err.maybe_created = true
       err.message = err.message .. "; the task may have been created (and charged) but its id is unknown"
@@ -172,8 +173,8 @@ function Client:_api(method, path, query, body, opts)
     if not retryable or attempt > self.max_retries then return nil, err end
     local delay = retry.backoff(attempt, self.retry_delay, err.retry_after)
     if not delay or deadline and core.now() + delay >= deadline then return nil, err end
-    sched:sleep(delay, opts.token)
-    if opts.token and opts.token.cancelled then return nil, errors.cancelled(opts.task_id) end
+    sched:sleep(delay, token)
+    if token and token.cancelled then return nil, errors.cancelled(task_id) end
   end
 end
 

@@ -15,6 +15,8 @@ local task_module = require "dh3.task"
 
 local M = {}
 
+local unwatch -- defined with watch, below
+
 local Group = {}
 Group.__index = Group
 
@@ -42,7 +44,7 @@ function Group:_finish(e, err)
   if err then self.errs[e.index] = err end
   local done = self.done
   done[#done + 1] = e.index
-  if e.task._token then e.task._token.on_cancel, e.task._token.on_wake = nil, nil end
+  unwatch(e)
   if self.on_done then self:_callback(self.on_done, e.task, err) end
   self.sched:set_event(self.event)
 end
@@ -172,6 +174,24 @@ function Group:_worker(token)
   end
 end
 
+-- A watched task's cancel token leads back to its entry (token.watched; the entry knows its group):
+-- two functions shared by every token, rather than two closures made for each task.
+local function on_cancel(token)
+  local e = token.watched
+  e.group:_finish(e, errors.cancelled(e.task.id))
+end
+
+local function on_wake(token)
+  local e = token.watched
+  e.group:_news(e)
+end
+
+-- Ends what watch set on the token of entry e's task, unless another group watches it since.
+unwatch = function(e)
+  local token = e.task and e.task._token -- stand-ins have no task
+  if token and token.watched == e then token.on_cancel, token.on_wake, token.watched = nil, nil, nil end
+end
+
 --- Starts watching `tasks` (each created, i.e. with an id). Callbacks fire from the client's
 -- loop (update(), run(), or any blocking call). Returns the group.
 function M.watch(client, tasks, opts, level)
@@ -206,14 +226,13 @@ function M.watch(client, tasks, opts, level)
     local delay = (self:_interval(task))
     -- every field an entry will hold, so that none is added (and the table grown) later
     local e = { task = task, index = i, delay = delay, seen = task.state, at = now + delay * (i - 1) / n,
-      polling = false, finished = false }
+      polling = false, finished = false, group = self }
     if task:done() then
       self:_finish(e, outcome(task))
     else
       local token = task:_cancel_token()
       token.cancelled = false
-      token.on_cancel = function() self:_finish(e, errors.cancelled(task.id)) end
-      token.on_wake = function() self:_news(e) end
+      token.on_cancel, token.on_wake, token.watched = on_cancel, on_wake, e
       self.first_n = self.first_n + 1
       first[self.first_n] = e
     end
@@ -261,16 +280,12 @@ end
 function Group:stop()
   if self.stopped then return end
   self.stopped = true
-  local function unhook(e)
-    local token = e.task and e.task._token -- stand-ins have no task
-    if token then token.on_cancel, token.on_wake = nil, nil end
-  end
-  for i = self.first_at, self.first_n do unhook(self.first[i]) end
-  for _, e in ipairs(self.heap) do unhook(e) end
+  for i = self.first_at, self.first_n do unwatch(self.first[i]) end
+  for _, e in ipairs(self.heap) do unwatch(e) end
   for _, token in ipairs(self.worker_tokens) do
     local e = token.entry
     if e then -- its status read is in flight: cancel it
-      e.task._token.on_cancel, e.task._token.on_wake = nil, nil
+      unwatch(e)
       self.sched:cancel(e.task._token)
     end
     if token.timer then self.sched:cancel(token) end -- wake the sleeping workers so they end now

@@ -195,7 +195,7 @@ function Scheduler:sleep(seconds, token)
 end
 
 --- Stops whatever the owner of `token` waits on: its transfer is cancelled (its await returns
--- M.CANCELLED), its sleep ends, and token.on_cancel(), if set, runs. A transfer that already
+-- M.CANCELLED), its sleep ends, and token.on_cancel(token), if set, runs. A transfer that already
 -- finished is delivered as usual: the owner checks token.cancelled afterwards.
 function Scheduler:cancel(token)
   token.cancelled = true
@@ -211,7 +211,7 @@ function Scheduler:cancel(token)
     end
   end
   self:_end_sleep(token)
-  if token.on_cancel then token.on_cancel() end
+  if token.on_cancel then token.on_cancel(token) end
 end
 
 -- Resumes the owner of `token` now if it sleeps in a spawned coroutine (a blocking sleep sees the
@@ -226,11 +226,11 @@ function Scheduler:_end_sleep(token)
 end
 
 --- Ends the sleep of the owner of `token` early without cancelling anything (news arrived: a
--- webhook delivery), and runs token.on_wake(), if set. The owner sees token.woken.
+-- webhook delivery), and runs token.on_wake(token), if set. The owner sees token.woken.
 function Scheduler:wake(token)
   token.woken = true
   self:_end_sleep(token)
-  if token.on_wake then token.on_wake() end
+  if token.on_wake then token.on_wake(token) end
 end
 
 --- Adds an I/O source driven by this loop (see step); remove_source takes it out.

@@ -63,7 +63,7 @@ function Task:create()
     if not local_id then return nil, jerr end
   end
   self._creating = true
-  local doc, err = self.client:_api("POST", contract.CREATE_PATH, nil, self._body, { create = true })
+  local doc, err = self.client:_api("POST", contract.CREATE_PATH, nil, self._body, self)
   self._creating = nil
   if not doc then
     if journal and not err.maybe_created then journal:abandoned(local_id, err) end
@@ -91,7 +91,8 @@ function Task:_cancel_token()
   local token = self._token
   if not token then
     -- sized for the fields scheduler.await/sleep/cancel and the poller set on it (see Task.new)
-    token = { req = nil, co = nil, timer = nil, cancelled = nil, woken = nil, on_cancel = nil, on_wake = nil }
+    token = { req = nil, co = nil, timer = nil, cancelled = nil, woken = nil, on_cancel = nil, on_wake = nil,
+      watched = nil }
     self._token = token
   end
   return token
@@ -121,8 +122,7 @@ end
 --- One status read. Returns the state, or nil, err.
 function Task:status(deadline)
   self:_check_created("status")
-  local doc, err = self.client:_api("GET", contract.GET_PATH, "?task_id=" .. self.id, nil,
-    { task_id = self.id, deadline = deadline, token = self:_cancel_token() })
+  local doc, err = self.client:_api("GET", contract.GET_PATH, "?task_id=" .. self.id, nil, self, deadline)
   if not doc then return nil, err end
   local result, why = output.parse(doc.nano_banana_pro_output)
   if result and result.task_id ~= nil and result.task_id ~= self.id then
