@@ -12,6 +12,9 @@ local poller = require "dh3.poller"
 
 local M = {}
 
+local now, min = core.now, math.min
+local from_response, CANCELLED = errors.from_response, scheduler.CANCELLED
+
 local Client = {}
 Client.__index = Client
 Client.__name = "dh3.client"
@@ -133,7 +136,7 @@ function Client:_api(method, path, query, body, task, deadline)
     attempt = attempt + 1
     local timeout = self.timeout
     if deadline then
-      timeout = math.min(timeout, deadline - core.now())
+      timeout = min(timeout, deadline - now())
       if timeout <= 0 then
         return nil, errors.new("timeout", "no time left for the request", { task_id = task_id })
       end
@@ -141,7 +144,7 @@ function Client:_api(method, path, query, body, task, deadline)
     local slot = is_create and self._pacer and self._pacer:acquire(function(s) sched:sleep(s) end)
     local req, rerr = sched:request{
       method = method, url = url, headers = headers_of[self], body = json,
-      timeout = timeout, connect_timeout = math.min(self.connect_timeout, timeout),
+      timeout = timeout, connect_timeout = min(self.connect_timeout, timeout),
     }
     if not req then
       if slot then self._pacer:release(slot) end
@@ -149,8 +152,8 @@ function Client:_api(method, path, query, body, task, deadline)
     end
     local res = sched:await(req, token)
     if slot then self._pacer:release(slot) end
-    if res == scheduler.CANCELLED then return nil, errors.cancelled(task_id) end
-    local doc, err = errors.from_response(res)
+    if res == CANCELLED then return nil, errors.cancelled(task_id) end
+    local doc, err = from_response(res)
     if self.on_request then
       call_hook(self.on_request, {
         method = method, path = path, status = res.status, attempt = attempt, seconds = res.time,
@@ -172,7 +175,7 @@ function Client:_api(method, path, query, body, task, deadline)
     end
     if not retryable or attempt > self.max_retries then return nil, err end
     local delay = retry.backoff(attempt, self.retry_delay, err.retry_after)
-    if not delay or deadline and core.now() + delay >= deadline then return nil, err end
+    if not delay or deadline and now() + delay >= deadline then return nil, err end
     sched:sleep(delay, token)
     if token and token.cancelled then return nil, errors.cancelled(task_id) end
   end

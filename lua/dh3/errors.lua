@@ -93,6 +93,8 @@ local function sanitize(s, max)
 end
 M.sanitize = sanitize
 
+local type, math_type, json_decode = type, math.type, core.json_decode
+
 --- Turns the C core's result for one API exchange into (document) or (nil, err).
 -- The document is the decoded JSON object of a successful answer (body code 200).
 function M.from_response(res)
@@ -104,8 +106,8 @@ function M.from_response(res)
     return nil, M.new(kind, sanitize(res.message or res.curl_error, 200), { curl_error = res.curl_error })
   end
   local status = res.status
-  local doc = res.body and core.json_decode(res.body)
-  local code = type(doc) == "table" and math.type(doc.code) == "integer" and doc.code or nil
+  local doc = res.body and json_decode(res.body)
+  local code = type(doc) == "table" and math_type(doc.code) == "integer" and doc.code or nil
   if code == 200 and status >= 200 and status <= 299 then return doc end -- the common case, first
 
   local message = type(doc) == "table" and type(doc.message) == "string" and sanitize(doc.message, 300) or nil

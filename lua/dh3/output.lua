@@ -5,7 +5,9 @@ local errors = require "dh3.errors"
 
 local M = {}
 
-local is_state = contract.is_state
+-- locals, not globals: every status answer goes through here
+local type, pairs, tonumber, math_type, tointeger, find = type, pairs, tonumber, math.type, math.tointeger, string.find
+local is_state, is_http_url = contract.is_state, contract.is_http_url
 
 M.MAX_IMAGES = 64
 -- The largest image file accepted: a 4K PNG of the largest ratio is about 70 MB uncompressed, so
@@ -16,9 +18,12 @@ M.MAX_FILE_SIZE = 1024 * 1024 * 1024
 -- strings the service documents can hold none: file_size becomes a download's expect_size, which
 -- engine:request would raise on (found by fuzz/webhook.c; spec/fuzz_regressions_spec.lua).
 local function to_integer(v)
-  if math.type(v) == "integer" then return v >= 0 and v or nil end
-  -- find, not match: no capture string to make (this runs for every size of every answer)
-  if type(v) == "string" and #v <= 15 and v:find("^%d+$") then return math.tointeger(tonumber(v)) end
+  if type(v) == "string" then -- as the service sends them
+    -- find, not match: no capture string to make (this runs for every size of every answer)
+    if #v <= 15 and find(v, "^%d+$") then return tointeger(tonumber(v)) end
+    return nil
+  end
+  if math_type(v) == "integer" and v >= 0 then return v end
   return nil
 end
 
@@ -27,7 +32,7 @@ end
 local function parse_image(img, i)
   if type(img) ~= "table" then return nil, ("images[%d] is not an object"):format(i) end
   local url, content_type, file_name = img.url, img.content_type, img.file_name
-  if not contract.is_http_url(url) then return nil, ("images[%d].url is not an http(s) URL"):format(i) end
+  if not is_http_url(url) then return nil, ("images[%d].url is not an http(s) URL"):format(i) end
   if content_type ~= nil and type(content_type) ~= "string" then
     return nil, ("images[%d].content_type is not a string"):format(i)
   end
@@ -61,7 +66,7 @@ function M.parse(out)
     -- skip images (or all of them) where a hole must be refused
     local n = 0
     for k in pairs(list) do
-      if math.type(k) ~= "integer" or k < 1 then return nil, "images is not an array" end
+      if math_type(k) ~= "integer" or k < 1 then return nil, "images is not an array" end
       if k > n then n = k end
     end
     if n == 0 then return nil, "a successful task without images" end

@@ -15,6 +15,8 @@ local task_module = require "dh3.task"
 
 local M = {}
 
+local now = core.now
+local is_terminal = require("dh3.contract").is_terminal
 local unwatch -- defined with watch, below
 
 local Group = {}
@@ -65,7 +67,7 @@ function Group:_observe(e)
     e.seen, e.delay = task.state, (self:_interval(task))
     if self.on_update then self:_callback(self.on_update, task) end
   end
-  if task:done() then
+  if is_terminal[task.state] then
     self:_finish(e, outcome(task))
     return true
   end
@@ -88,7 +90,7 @@ end
 function Group:_news(e)
   if self:_observe(e) or e.urgent or e.polling then return end
   e.urgent = true
-  push(self.heap, { at = core.now(), stand_in_for = e })
+  push(self.heap, { at = now(), stand_in_for = e })
   if self.worker_tokens then
     for _, token in ipairs(self.worker_tokens) do
       if token.timer then return self.sched:wake(token) end -- one sleeping worker takes it now
@@ -105,13 +107,13 @@ function Group:_poll(e, token, once)
   e.polling, token.entry = false, false
   if e.finished or self.stopped then return end -- cancelled meanwhile
   if not state then
-    if err.kind == "timeout" and core.now() >= self.deadline then
+    if err.kind == "timeout" and now() >= self.deadline then
       err = errors.new("timeout", "the task did not finish in time; it is still valid", { task_id = task.id })
     end
     return self:_finish(e, err)
   end
   if self:_observe(e) or once then return end
-  e.at = core.now() + e.delay
+  e.at = now() + e.delay
   e.delay = math.min(e.delay * GROWTH, select(2, self:_interval(task)))
   push(self.heap, e)
 end
@@ -151,16 +153,16 @@ function Group:_worker(token)
   while not self.stopped do
     local e = self:_peek()
     if not e then break end
-    local now = core.now()
-    if now >= self.deadline then
+    local t = now()
+    if t >= self.deadline then
       self:_expire()
       break
     end
     if e.finished then
       self:_take(e)
-    elseif e.at > now then
+    elseif e.at > t then
       token.woken = false
-      sched:sleep(math.min(e.at, self.deadline) - now, token)
+      sched:sleep(math.min(e.at, self.deadline) - t, token)
     else
       self:_take(e)
       local real = e.stand_in_for
@@ -217,7 +219,7 @@ function M.watch(client, tasks, opts, level)
     explicit_interval = opts.interval ~= nil,
     on_update = opts.on_update, on_done = opts.on_done,
   }, Group)
-  local now, n, first = core.now(), #tasks, self.first
+  local t0, n, first = now(), #tasks, self.first
   for i, task in ipairs(tasks) do
     if not task_module.is_task(task) or task.client ~= client then
       error(("watch: item %d is not a task of this client"):format(i), level)
@@ -225,7 +227,7 @@ function M.watch(client, tasks, opts, level)
     if not task.id then error(("watch: task %d has not been created"):format(i), level) end
     local delay = (self:_interval(task))
     -- every field an entry will hold, so that none is added (and the table grown) later
-    local e = { task = task, index = i, delay = delay, seen = task.state, at = now + delay * (i - 1) / n,
+    local e = { task = task, index = i, delay = delay, seen = task.state, at = t0 + delay * (i - 1) / n,
       polling = false, finished = false, group = self }
     if task:done() then
       self:_finish(e, outcome(task))

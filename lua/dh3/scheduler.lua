@@ -7,6 +7,8 @@ local heap = require "dh3.heap"
 
 local M = {}
 
+local running, resume, yield, co_status = coroutine.running, coroutine.resume, coroutine.yield, coroutine.status
+
 local Scheduler = {}
 Scheduler.__index = Scheduler
 
@@ -48,13 +50,13 @@ end
 
 --- The running coroutine if it is one of ours, else nil (then waits block).
 function Scheduler:current()
-  local co, is_main = coroutine.running()
+  local co, is_main = running()
   if not is_main and self.threads[co] then return co end
   return nil
 end
 
 function Scheduler:_resume(co, ...)
-  local ok, yielded = coroutine.resume(co, ...)
+  local ok, yielded = resume(co, ...)
   if yielded == WAIT then return end -- the common case: it waits on one of ours again
   if not ok then
     self.threads[co] = nil
@@ -64,7 +66,7 @@ function Scheduler:_resume(co, ...)
     if not handler_ok then
       io.stderr:write("dh3: the error handler failed: ", tostring(handler_err), "\n")
     end
-  elseif coroutine.status(co) == "dead" then
+  elseif co_status(co) == "dead" then
     self.threads[co] = nil
     self.awaiting[co] = nil
     self.nthreads = self.nthreads - 1
@@ -160,7 +162,7 @@ function Scheduler:await(req, token)
       res = finished
     else
       self.awaiting[co] = req
-      res = coroutine.yield(WAIT)
+      res = yield(WAIT)
     end
   else
     local finished = self.finished

@@ -9,6 +9,8 @@ local scheduler_cancelled = require("dh3.scheduler").CANCELLED
 
 local M = {}
 
+local GET_PATH, is_terminal, parse_output = contract.GET_PATH, contract.is_terminal, output.parse
+
 local Task = {}
 Task.__index = Task
 Task.__name = "dh3.task"
@@ -109,10 +111,10 @@ end
 -- Applies a task's reported state (output.parse's result) to self; records a terminal state in
 -- the journal the first time it is seen.
 function Task:_apply(result)
-  local was_done = self:done()
+  local was_done = is_terminal[self.state]
   self.state, self.images, self.error = result.state, result.images, result.error
   local journal = self.client._journal
-  if journal and not was_done and self:done() then journal:finished(self.id, self.state, self.images) end
+  if journal and not was_done and is_terminal[self.state] then journal:finished(self.id, self.state, self.images) end
 end
 
 function Task:_check_created(what)
@@ -121,11 +123,12 @@ end
 
 --- One status read. Returns the state, or nil, err.
 function Task:status(deadline)
-  self:_check_created("status")
-  local doc, err = self.client:_api("GET", contract.GET_PATH, "?task_id=" .. self.id, nil, self, deadline)
+  local id = self.id
+  if not id then self:_check_created("status") end
+  local doc, err = self.client:_api("GET", GET_PATH, "?task_id=" .. id, nil, self, deadline)
   if not doc then return nil, err end
-  local result, why = output.parse(doc.nano_banana_pro_output)
-  if result and result.task_id ~= nil and result.task_id ~= self.id then
+  local result, why = parse_output(doc.nano_banana_pro_output)
+  if result and result.task_id ~= nil and result.task_id ~= id then
     result, why = nil, "the answer is about another task"
   end
   if not result then
@@ -136,7 +139,7 @@ function Task:status(deadline)
 end
 
 function Task:done()
-  return contract.is_terminal[self.state] == true
+  return is_terminal[self.state] == true
 end
 
 local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "number", on_update = "function" }
