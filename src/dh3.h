@@ -51,6 +51,16 @@
 typedef struct dh3_engine dh3_engine;
 typedef struct dh3_request dh3_request;
 typedef struct dh3_easy dh3_easy;
+typedef struct dh3_headers dh3_headers;
+
+/* A request header list, shared by the requests that send the same headers: the engine keeps
+   the DH3_HEADER_CACHE it made last, and each request holds a reference while its transfer
+   runs (libcurl reads the list then, and does not copy it). */
+struct dh3_headers {
+  struct curl_slist *list;
+  int refs;
+};
+#define DH3_HEADER_CACHE 2 /* an API list and a download's, say */
 
 /* An easy handle, pooled by its engine, with what lives as long as it does. The options
    that are the same for every request of an engine are set once, when the handle is made
@@ -80,6 +90,8 @@ struct dh3_engine {
   dh3_request *done_head, *done_tail; /* FIFO of DONE requests (next pointers) */
   int n_active, n_done;
   char *user_agent, *ca_file, *proxy; /* owned, malloc'd */
+  char *ua_header;                     /* "User-Agent: " user_agent */
+  dh3_headers *headers[DH3_HEADER_CACHE]; /* most recent first; each holds a reference */
   size_t max_body;
   long max_connections;
   int closed;
@@ -93,7 +105,7 @@ struct dh3_request {
   int closed;               /* __gc / __close ran: heap freed */
   int anchor;               /* its luaL_ref in the engine's anchor table, or LUA_NOREF */
   int method;               /* index into the method names of request.c */
-  struct curl_slist *headers;
+  dh3_headers *headers; /* a reference, while the transfer needs it */
   size_t max_body;
   curl_off_t expect_size; /* -1: not given */
 
@@ -138,6 +150,8 @@ int dh3_engine_new(lua_State *L);
 dh3_easy *dh3_engine_take_easy(dh3_engine *e, CURLcode *rc);
 void dh3_engine_give_easy(dh3_engine *e, dh3_easy *easy);
 void dh3_engine_free_easy(dh3_easy *easy);
+dh3_headers *dh3_engine_headers(dh3_engine *e, const char *const *lines, int n);
+void dh3_headers_release(dh3_headers *h);
 void dh3_engine_link_active(dh3_engine *e, dh3_request *req);
 void dh3_engine_remove(dh3_engine *e, dh3_request *req);
 

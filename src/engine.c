@@ -73,7 +73,9 @@ static CURLcode dh3_engine_setup_easy(dh3_engine *e, dh3_easy *easy) {
   /* the defaults, said out loud: there is no option to turn verification off */
   DH3_SET(CURLOPT_SSL_VERIFYPEER, 1L);
   DH3_SET(CURLOPT_SSL_VERIFYHOST, 2L);
-  DH3_SET(CURLOPT_USERAGENT, e->user_agent);
+  /* No CURLOPT_USERAGENT: the User-Agent goes in the request's header list (dh3_request_new),
+     which libcurl sends as it is, where the option made it format the line again for every
+     request (a tenth of its work per request: bench/RESULTS.md). */
   if (e->ca_file != NULL) DH3_SET(CURLOPT_CAINFO, e->ca_file);
   if (e->proxy != NULL) DH3_SET(CURLOPT_PROXY, e->proxy);
   DH3_SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
@@ -117,6 +119,61 @@ void dh3_engine_give_easy(dh3_engine *e, dh3_easy *easy) {
     dh3_engine_free_easy(easy);
   }
 }
+
+/* {======================================================================
+** Header lists shared by requests
+** ======================================================================= */
+
+void dh3_headers_release(dh3_headers *h) {
+  if (h != NULL && --h->refs == 0) {
+    curl_slist_free_all(h->list);
+    free(h);
+  }
+}
+
+/* Whether h holds exactly lines[0..n-1], in that order. */
+static int dh3_headers_equal(const dh3_headers *h, const char *const *lines, int n) {
+  const struct curl_slist *l = h->list;
+  int i;
+  for (i = 0; i < n; i++, l = l->next)
+    if (l == NULL || strcmp(l->data, lines[i]) != 0) return 0;
+  return l == NULL;
+}
+
+/* A list of lines[0..n-1] with a reference for the caller: one of the engine's recent lists if
+   equal (no copy at all: the same headers go with every request of a client), else a new one,
+   which becomes the most recent. NULL when out of memory. */
+dh3_headers *dh3_engine_headers(dh3_engine *e, const char *const *lines, int n) {
+  dh3_headers *h;
+  int i, k;
+  for (k = 0; k < DH3_HEADER_CACHE; k++) {
+    h = e->headers[k];
+    if (h != NULL && dh3_headers_equal(h, lines, n)) {
+      for (; k > 0; k--) e->headers[k] = e->headers[k - 1];
+      e->headers[0] = h;
+      h->refs++;
+      return h;
+    }
+  }
+  h = malloc(sizeof(*h));
+  if (h == NULL) return NULL;
+  h->list = NULL;
+  h->refs = 1;
+  for (i = 0; i < n; i++) {
+    struct curl_slist *l = curl_slist_append(h->list, lines[i]);
+    if (l == NULL) {
+      dh3_headers_release(h);
+      return NULL;
+    }
+    h->list = l;
+  }
+  dh3_headers_release(e->headers[DH3_HEADER_CACHE - 1]); /* the least recent goes */
+  for (k = DH3_HEADER_CACHE - 1; k > 0; k--) e->headers[k] = e->headers[k - 1];
+  e->headers[0] = h;
+  h->refs++; /* the engine's */
+  return h;
+}
+/* }====================================================================== */
 
 void dh3_engine_link_active(dh3_engine *e, dh3_request *req) {
   req->prev = NULL;
@@ -240,10 +297,15 @@ static void dh3_engine_close(lua_State *L, int idx, dh3_engine *e) {
   e->pool_len = e->pool_cap = 0;
   if (e->multi != NULL) curl_multi_cleanup(e->multi);
   e->multi = NULL;
+  for (i = 0; i < DH3_HEADER_CACHE; i++) {
+    dh3_headers_release(e->headers[i]); /* requests still holding one keep it alive */
+    e->headers[i] = NULL;
+  }
   free(e->user_agent);
+  free(e->ua_header);
   free(e->ca_file);
   free(e->proxy);
-  e->user_agent = e->ca_file = e->proxy = NULL;
+  e->user_agent = e->ua_header = e->ca_file = e->proxy = NULL;
 }
 
 static dh3_engine *dh3_engine_check(lua_State *L, int idx) {
@@ -356,6 +418,10 @@ int dh3_engine_new(lua_State *L) {
     }
   }
   if (e->user_agent == NULL) return luaL_error(L, "dh3.engine: out of memory");
+  e->ua_header = malloc(sizeof("User-Agent: ") + strlen(e->user_agent));
+  if (e->ua_header == NULL) return luaL_error(L, "dh3.engine: out of memory");
+  memcpy(e->ua_header, "User-Agent: ", sizeof("User-Agent: ") - 1);
+  strcpy(e->ua_header + sizeof("User-Agent: ") - 1, e->user_agent);
   if (ca_file != NULL && (e->ca_file = dh3_engine_strdup(ca_file)) == NULL)
     return luaL_error(L, "dh3.engine: out of memory");
   if (proxy != NULL && (e->proxy = dh3_engine_strdup(proxy)) == NULL)

@@ -36,6 +36,7 @@ static const char *const dh3_request_fields[] = {
   "download_to", "expect_size", "max_body", "context", NULL
 };
 
+#define DH3_MAX_HEADERS 100 /* request headers a caller may add */
 #define DH3_TEMP_SUFFIX ".part-XXXXXX"
 
 /* Like mkstemp, but the file gets the mode an ordinary new file would (0666 less the umask):
@@ -79,6 +80,8 @@ typedef struct {
   curl_off_t expect_size;
   size_t max_body;
   int user_expect; /* the caller sent an Expect header of its own */
+  int user_agent;  /* ... and a User-Agent */
+  int n_headers;
   int given;       /* how many of the known fields are set */
 } dh3_request_opts;
 
@@ -208,6 +211,8 @@ static void dh3_request_parse(lua_State *L, dh3_engine *e, dh3_request_opts *o) 
       break;
     case LUA_TTABLE: {
       lua_Integer i, n = (lua_Integer)lua_rawlen(L, -1);
+      if (n > DH3_MAX_HEADERS) dh3_request_bad(L, "field 'headers' has more than %d items", DH3_MAX_HEADERS);
+      o->n_headers = (int)n;
       for (i = 1; i <= n; i++) {
         size_t len;
         const char *h;
@@ -219,6 +224,7 @@ static void dh3_request_parse(lua_State *L, dh3_engine *e, dh3_request_opts *o) 
         if (strlen(h) != len || strchr(h, '\r') != NULL || strchr(h, '\n') != NULL)
           dh3_request_bad(L, "field 'headers' item %I contains a NUL, CR or LF byte", i);
         if (dh3_request_prefix_ci(h, len, "expect:")) o->user_expect = 1;
+        if (dh3_request_prefix_ci(h, len, "user-agent:")) o->user_agent = 1;
         lua_pop(L, 1);
       }
       break;
@@ -455,7 +461,7 @@ static CURLcode dh3_request_setup(dh3_request *req, const dh3_request_opts *o) {
   DH3_SET(CURLOPT_HEADERDATA, (void *)req);
   DH3_SET(CURLOPT_WRITEDATA, (void *)req);
   /* libcurl does not copy the list: it stays ours until the transfer is finished */
-  DH3_SET(CURLOPT_HTTPHEADER, req->headers); /* NULL: no headers of the caller's */
+  DH3_SET(CURLOPT_HTTPHEADER, req->headers != NULL ? req->headers->list : NULL);
   switch (o->method) {
     case DH3_METHOD_POST:
       DH3_SET(CURLOPT_POST, 1L);
@@ -508,7 +514,7 @@ void dh3_request_drop_transfer(dh3_request *req) {
     free(req->tmp);
     req->tmp = NULL;
   }
-  curl_slist_free_all(req->headers);
+  dh3_headers_release(req->headers);
   req->headers = NULL;
   req->to_file = 0;
 }
@@ -569,7 +575,7 @@ void dh3_request_complete(dh3_request *req, CURLcode code) {
   if (curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &t) == CURLE_OK) req->time_connect = t;
   if (curl_easy_getinfo(h, CURLINFO_STARTTRANSFER_TIME_T, &t) == CURLE_OK)
     req->time_start = t;
-  curl_slist_free_all(req->headers); /* libcurl is done with it */
+  dh3_headers_release(req->headers); /* libcurl is done with it */
   req->headers = NULL;
   if (code != CURLE_OK && req->easy->errbuf[0] != '\0') {
     /* the handle's buffer serves its next request: keep a copy (none when out of memory:
@@ -699,24 +705,26 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
                               strerror(err));
     }
   }
-  if (dh3_request_field(L, "headers") == LUA_TTABLE) {
-    lua_Integer i, n = (lua_Integer)lua_rawlen(L, -1);
-    for (i = 1; i <= n; i++) {
-      struct curl_slist *l;
-      lua_rawgeti(L, -1, i);
-      l = curl_slist_append(req->headers, lua_tostring(L, -1));
-      lua_pop(L, 1);
-      /* on failure the old list is untouched and still ours */
-      if (l == NULL) return dh3_request_fail(L, e, req, "out of memory");
-      req->headers = l;
+  { /* the header list: the caller's headers, then ours */
+    const char *stack_lines[16], **lines = stack_lines;
+    int i, n = 0;
+    if (o.n_headers + 2 > (int)(sizeof(stack_lines) / sizeof(stack_lines[0])) &&
+        (lines = malloc(((size_t)o.n_headers + 2) * sizeof(*lines))) == NULL)
+      return dh3_request_fail(L, e, req, "out of memory");
+    if (dh3_request_field(L, "headers") == LUA_TTABLE) {
+      for (i = 1; i <= o.n_headers; i++) {
+        lua_rawgeti(L, -1, i);
+        lines[n++] = lua_tostring(L, -1); /* the table keeps the string: valid until we return */
+        lua_pop(L, 1);
+      }
     }
-  }
-  lua_pop(L, 1);
-  if (o.method == DH3_METHOD_POST && !o.user_expect) {
+    lua_pop(L, 1);
     /* no "Expect: 100-continue" round trip (libcurl adds it to large bodies) */
-    struct curl_slist *l = curl_slist_append(req->headers, "Expect:");
-    if (l == NULL) return dh3_request_fail(L, e, req, "out of memory");
-    req->headers = l;
+    if (o.method == DH3_METHOD_POST && !o.user_expect) lines[n++] = "Expect:";
+    if (!o.user_agent) lines[n++] = e->ua_header;
+    req->headers = dh3_engine_headers(e, lines, n);
+    if (lines != stack_lines) free(lines);
+    if (req->headers == NULL) return dh3_request_fail(L, e, req, "out of memory");
   }
 
   req->easy = dh3_engine_take_easy(e, &rc);
