@@ -167,7 +167,10 @@ local function serve(c)
         if not h then c:close() return end
         if h == "" then break end
         local k, v = h:match("^([^:]+):%s*(.-)%s*$")
-        if k then reqh[k:lower()] = v end
+        if k then -- a repeated header joined as HTTP does, so that a duplicate shows
+          k = k:lower()
+          reqh[k] = reqh[k] and reqh[k] .. ", " .. v or v
+        end
       end
       local body = ""
       local len = tonumber(reqh["content-length"] or "0")
@@ -495,7 +498,33 @@ describe("dh3.core", function()
     it("sends a default user agent naming dh3", function()
       local e = core.engine()
       local res = fetch(e, { url = server.url .. "/echo" })
-      assert.matches("^dh3%-lua/0%.1%.0 libcurl/", core.json_decode(res.body).headers["user-agent"])
+      assert.matches("^dh3%-lua/0%.1%.0 libcurl/%S+$", core.json_decode(res.body).headers["user-agent"])
+      e:close()
+    end)
+
+    it("sends the caller's own User-Agent instead of its own, once", function()
+      local e = core.engine()
+      local res = fetch(e, { url = server.url .. "/echo", headers = { "user-agent: mine/2" } })
+      assert.are.equal("mine/2", core.json_decode(res.body).headers["user-agent"])
+      e:close()
+    end)
+
+    it("sends each request its own headers while requests with other headers are in flight", function()
+      -- three header sets in turn, more than the engine keeps lists for, all in flight at once
+      local e = core.engine()
+      local sets = { { "X-Set: a" }, { "X-Set: b", "X-More: 1" }, {}, { "X-Set: a" }, { "X-Set: c" }, { "X-Set: b", "X-More: 1" } }
+      for i, h in ipairs(sets) do
+        assert(e:request{ url = server.url .. "/echo", headers = h, context = i })
+      end
+      local got = drain(e)
+      assert.are.equal(#sets, #got)
+      for _, pair in ipairs(got) do
+        local seen = core.json_decode(pair[1].body).headers
+        local want = sets[pair[2]]
+        assert.are.equal(want[1] and want[1]:match(": (.*)") or nil, seen["x-set"])
+        assert.are.equal(want[2] and "1" or nil, seen["x-more"])
+        assert.matches("^dh3%-lua/%S+ libcurl/%S+$", seen["user-agent"]) -- once
+      end
       e:close()
     end)
 
