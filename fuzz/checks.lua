@@ -101,8 +101,7 @@ function M.response(res, facts)
   if res.curl_code ~= 0 then
     check(type(res.curl_error) == "string" and math.type(res.request_size) == "integer", "curl facts")
   end
-  check(type(res.headers) == "table", "headers")
-  for k, v in pairs(res.headers) do check(type(v) == "string", "header %s", tostring(k)) end
+  check(res.retry_after == nil or type(res.retry_after) == "string", "retry_after")
   if not res.ok then check(type(res.message) == "string" and res.message ~= "", "a failure without a message") end
   if res.body ~= nil then
     check(type(res.body) == "string" and #res.body <= facts.max_body, "body over max_body")

@@ -116,7 +116,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   dh3_request_delivered(&req);
   free(req.retry_after);
   free(req.content_type);
-  free(req.content_length);
 
   lua_createtable(L, 0, 2); /* what checks.response needs to know of the request */
   lua_pushinteger(L, (lua_Integer)req.max_body);

@@ -5,7 +5,6 @@ local retry = require "dh3.retry"
 local function res(t)
   t.curl_code = t.curl_code or 0
   t.status = t.status or 0
-  t.headers = t.headers or {}
   return t
 end
 
@@ -26,7 +25,7 @@ describe("dh3.errors", function()
       { "HTTP 400 without a body", res{ status = 400 }, { kind = "invalid_request", http_status = 400 } },
       { "a redirect", res{ status = 302, body = "moved" }, { kind = "protocol", http_status = 302 } },
       { "HTTP 429 with Retry-After", res{ status = 429, body = '{"code":429,"message":"slow down"}',
-          headers = { retry_after = "2" } }, { kind = "rate_limited", http_status = 429, retry_after = 2 } },
+          retry_after = "2" }, { kind = "rate_limited", http_status = 429, retry_after = 2 } },
       { "HTTP 503 with an HTML body", res{ status = 503, body = "<html>busy</html>" },
         { kind = "server", http_status = 503, message = "HTTP 503" } },
       { "code 402 in an HTTP 200 body", res{ status = 200, body = '{"code":402,"message":"no credits"}' },

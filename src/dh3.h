@@ -125,8 +125,8 @@ struct dh3_request {
   /* the current response's header facts, reset on each status line */
   long status_seen;
   size_t header_bytes;
-  char *retry_after, *content_type, *content_length; /* owned, as received */
-  curl_off_t content_length_n;                        /* -1: none or not a number */
+  char *retry_after, *content_type; /* owned, as received */
+  curl_off_t content_length_n;       /* -1: none or not a number */
   int too_large, size_mismatch, oom;
 
   /* facts gathered once curl is done (dh3_request_complete) */

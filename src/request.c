@@ -339,8 +339,7 @@ static curl_off_t dh3_request_parse_size(const char *v, size_t n) {
 static int dh3_request_new_response(dh3_request *req, long status) {
   free(req->retry_after);
   free(req->content_type);
-  free(req->content_length);
-  req->retry_after = req->content_type = req->content_length = NULL;
+  req->retry_after = req->content_type = NULL;
   req->content_length_n = -1;
   req->header_bytes = 0;
   req->body_len = 0;
@@ -382,7 +381,6 @@ size_t dh3_request_on_header(char *buf, size_t size, size_t nitems, void *userda
   } else if (dh3_request_header_value(buf, len, "content-type", &v, &vlen)) {
     ok = dh3_request_set_fact(&req->content_type, v, vlen);
   } else if (dh3_request_header_value(buf, len, "content-length", &v, &vlen)) {
-    ok = dh3_request_set_fact(&req->content_length, v, vlen);
     req->content_length_n = dh3_request_parse_size(v, vlen);
   }
   if (!ok) {
@@ -631,8 +629,7 @@ static void dh3_request_close(lua_State *L, int ud, dh3_request *req) {
   free(req->dest);
   free(req->retry_after);
   free(req->content_type);
-  free(req->content_length);
-  req->body = req->dest = req->retry_after = req->content_type = req->content_length = NULL;
+  req->body = req->dest = req->retry_after = req->content_type = NULL;
   req->body_len = req->body_cap = 0;
   req->closed = 1;
 }
@@ -793,9 +790,10 @@ static void dh3_request_push_message(lua_State *L, dh3_request *req) {
 }
 
 /* Pushes the result table of a DONE request (ud: its userdata, or nil). What the caller acts
-   on, and no more: a success has 8 fields (a table of 8 slots, allocated once); the facts of a
-   failure, and a download's path, are added only then. The transfer's diagnostics (timings,
-   HTTP version, connections made) are request:info()'s. */
+   on, and no more: a success has 7 fields (a table of 8 slots, allocated once); Retry-After,
+   the facts of a failure and a download's path are added only when there are any. The
+   transfer's diagnostics (timings, HTTP version, connections made, the response's
+   Content-Type and Content-Length) are request:info()'s. */
 void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
   int ok = req->code == CURLE_OK && !req->too_large && !req->size_mismatch && !req->oom &&
            (req->dest == NULL || req->finalized);
@@ -811,11 +809,7 @@ void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
   lua_pushinteger(L, (lua_Integer)req->bytes);
   lua_setfield(L, -2, "bytes");
   dh3_request_set_seconds(L, "time", req->time_total);
-  lua_createtable(L, 0, 3);
   dh3_request_set_string(L, "retry_after", req->retry_after);
-  dh3_request_set_string(L, "content_type", req->content_type);
-  dh3_request_set_string(L, "content_length", req->content_length);
-  lua_setfield(L, -2, "headers");
   /* the whole body of the last response: not when it went to the file, and not the
      piece a failed transfer (timeout, reset, over a limit) left behind */
   if (req->code == CURLE_OK && req->status_seen != 0 && !req->finalized &&
@@ -887,7 +881,8 @@ static int dh3_request_progress(lua_State *L) {
 }
 
 /* request:info() -> {http_version, time, time_connect, time_starttransfer, request_size,
-   connects}: the diagnostics of a finished transfer (nil before it finished) */
+   connects, content_type, content_length}: the diagnostics of a finished transfer (nil before
+   it finished) */
 static int dh3_request_info(lua_State *L) {
   dh3_request *req = dh3_request_check(L);
   const char *hv = NULL;
@@ -895,7 +890,7 @@ static int dh3_request_info(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 8);
   switch (req->http_version) {
     case CURL_HTTP_VERSION_1_0: hv = "1.0"; break;
     case CURL_HTTP_VERSION_1_1: hv = "1.1"; break;
@@ -911,6 +906,11 @@ static int dh3_request_info(lua_State *L) {
   lua_setfield(L, -2, "request_size");
   lua_pushinteger(L, (lua_Integer)req->connects);
   lua_setfield(L, -2, "connects");
+  dh3_request_set_string(L, "content_type", req->content_type);
+  if (req->content_length_n >= 0) {
+    lua_pushinteger(L, (lua_Integer)req->content_length_n);
+    lua_setfield(L, -2, "content_length");
+  }
   return 1;
 }
 

@@ -111,7 +111,7 @@ function M.from_response(res)
   if code == 200 and status >= 200 and status <= 299 then return doc end -- the common case, first
 
   local message = type(doc) == "table" and type(doc.message) == "string" and sanitize(doc.message, 300) or nil
-  local retry_after = M.parse_retry_after(res.headers and res.headers.retry_after)
+  local retry_after = M.parse_retry_after(res.retry_after)
 
   if status < 200 or status > 299 then
     return nil, M.new(M.kind_for_code(status), message or ("HTTP " .. status), {
