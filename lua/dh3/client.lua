@@ -130,7 +130,7 @@ function Client:_api(method, path, query, body, task, deadline)
   local json
   if body then json = assert(core.json_encode(body)) end
   local is_create = path == contract.CREATE_PATH
-  local task_id, token = task.id, not is_create and task:_cancel_token() or nil
+  local task_id, token = task.id, not is_create and (task._token or task:_cancel_token()) or nil
   local attempt = 0
   while true do
     attempt = attempt + 1

@@ -49,11 +49,12 @@ function M.new(engine)
 end
 
 --- The running coroutine if it is one of ours, else nil (then waits block).
-function Scheduler:current()
+local function current(self)
   local co, is_main = running()
   if not is_main and self.threads[co] then return co end
   return nil
 end
+Scheduler.current = current
 
 function Scheduler:_resume(co, ...)
   local ok, yielded = resume(co, ...)
@@ -145,7 +146,7 @@ end
 --- Starts a transfer (engine:request's options); the completion finds its way back to the
 -- coroutine that made it. Returns the request, or nil, message.
 function Scheduler:request(opts)
-  opts.context = self:current() or false
+  opts.context = current(self) or false
   return self.engine:request(opts)
 end
 
@@ -153,7 +154,7 @@ end
 -- meanwhile). `token`, optional, is a table through which `cancel` can stop the wait.
 function Scheduler:await(req, token)
   local res
-  local co = self:current()
+  local co = current(self)
   if token then token.req, token.co = req, co end
   if co then
     local finished = self.finished[req] -- it may have completed while this coroutine did other work
@@ -179,7 +180,7 @@ end
 --- Waits `seconds` (yielding in a spawned coroutine, else blocking while driving the loop).
 -- A cancel of `token` ends the wait early.
 function Scheduler:sleep(seconds, token)
-  local co = self:current()
+  local co = current(self)
   local at = core.now() + seconds
   if co then
     local timer = { at = at, co = co }
@@ -271,7 +272,7 @@ end
 --- Waits until `ev` is set (yielding in a spawned coroutine, else blocking while driving the loop).
 function Scheduler:wait_event(ev)
   if ev.set then return end
-  local co = self:current()
+  local co = current(self)
   if co then
     ev.waiters[#ev.waiters + 1] = co
     coroutine.yield(WAIT)
