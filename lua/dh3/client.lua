@@ -21,9 +21,11 @@ Client.__name = "dh3.client"
 
 M.DEFAULT_BASE_URL = "https://api.dh3.app"
 
--- The request headers of each client, the key among them, kept out of the client table so that
--- nothing that prints or serialises a client (a debugger, a table dump) can show the key.
-local headers_of = setmetatable({}, { __mode = "k" })
+-- The options of each client's API requests, with its headers (the key among them), kept out of
+-- the client table so that nothing that prints or serialises a client (a debugger, a table dump)
+-- can show the key. One table per client, refilled for each request: engine:request reads it
+-- at once and keeps nothing of it.
+local request_of = setmetatable({}, { __mode = "k" })
 
 local OPTIONS = {
   api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
@@ -102,7 +104,10 @@ function M.new(opts, version)
     _tasks = setmetatable({}, { __mode = "v" }), -- [task id] = task, for webhook deliveries
   }, Client)
   -- built once; the key lives only here and in the engine's outgoing requests
-  headers_of[self] = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" }
+  request_of[self] = {
+    headers = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" },
+    method = nil, url = nil, body = nil, timeout = nil, connect_timeout = nil, context = nil,
+  }
   return self
 end
 
@@ -120,17 +125,18 @@ local function call_hook(hook, info)
   if not ok then io.stderr:write("dh3: on_request hook failed: ", tostring(err), "\n") end
 end
 
---- One API call about `task`, with its retries. `path` has no secret; `query` is appended for the
--- request only. A create (path contract.CREATE_PATH) follows the non-idempotent create rules and
--- is never cut short; a read can be, through the task's cancel token. `deadline` (core.now()
--- based), optional, bounds the whole call. Returns the decoded answer (body code 200), or nil, err.
-function Client:_api(method, path, query, body, task, deadline)
+--- One API call about `task`, with its retries: the create (POST contract.CREATE_PATH, `body`
+-- the input), which follows the non-idempotent create rules and is never cut short, or a read
+-- (GET contract.GET_PATH; the task's id goes in the URL's query, not in `path`, which the
+-- on_request hook sees), which the task's cancel token can stop. `deadline` (core.now() based),
+-- optional, bounds the whole call. Returns the decoded answer (body code 200), or nil, err.
+function Client:_api(method, path, body, task, deadline)
   local sched = self:_scheduler()
-  local url = self.base_url .. path .. (query or "")
-  local json
-  if body then json = assert(core.json_encode(body)) end
   local is_create = path == contract.CREATE_PATH
   local task_id, token = task.id, not is_create and (task._token or task:_cancel_token()) or nil
+  local url = is_create and self.base_url .. path or self.base_url .. path .. "?task_id=" .. task_id
+  local json
+  if body then json = assert(core.json_encode(body)) end
   local attempt = 0
   while true do
     attempt = attempt + 1
@@ -142,10 +148,10 @@ function Client:_api(method, path, query, body, task, deadline)
       end
     end
     local slot = is_create and self._pacer and self._pacer:acquire(function(s) sched:sleep(s) end)
-    local req, rerr = sched:request{
-      method = method, url = url, headers = headers_of[self], body = json,
-      timeout = timeout, connect_timeout = min(self.connect_timeout, timeout),
-    }
+    local ro = request_of[self]
+    ro.method, ro.url, ro.body, ro.timeout, ro.connect_timeout =
+      method, url, json, timeout, min(self.connect_timeout, timeout)
+    local req, rerr = sched:request(ro)
     if not req then
       if slot then self._pacer:release(slot) end
       return nil, errors.new("invalid_request", errors.sanitize(rerr, 200), { task_id = task_id })
@@ -329,7 +335,7 @@ function Client:close()
   if self._listener then self._listener:close() end
   self._engine:close()
   if self._journal then self._journal:close() end
-  headers_of[self] = nil
+  request_of[self] = nil
 end
 
 Client.__close = Client.close

@@ -65,7 +65,7 @@ function Task:create()
     if not local_id then return nil, jerr end
   end
   self._creating = true
-  local doc, err = self.client:_api("POST", contract.CREATE_PATH, nil, self._body, self)
+  local doc, err = self.client:_api("POST", contract.CREATE_PATH, self._body, self)
   self._creating = nil
   if not doc then
     if journal and not err.maybe_created then journal:abandoned(local_id, err) end
@@ -125,7 +125,7 @@ end
 function Task:status(deadline)
   local id = self.id
   if not id then self:_check_created("status") end
-  local doc, err = self.client:_api("GET", GET_PATH, "?task_id=" .. id, nil, self, deadline)
+  local doc, err = self.client:_api("GET", GET_PATH, nil, self, deadline)
   if not doc then return nil, err end
   local result, why = parse_output(doc.nano_banana_pro_output)
   if result and result.task_id ~= nil and result.task_id ~= id then
