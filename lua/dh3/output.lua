@@ -50,8 +50,9 @@ local function parse_image(img, i)
 end
 
 --- {task_id, state, images, error} from a nano_banana_pro_output object, or nil and what is wrong.
--- task_id is nil when the object has none; extra fields are ignored.
-function M.parse(out)
+-- task_id is nil when the object has none; extra fields are ignored. The fields go into `into`
+-- when given (a caller that only copies them on reuses one table), else into a new table.
+function M.parse(out, into)
   if type(out) ~= "table" then return nil, "no nano_banana_pro_output object" end
   local task_id, status = out.task_id, out.status
   if task_id ~= nil and type(task_id) ~= "string" then return nil, "task_id is not a string" end
@@ -80,7 +81,9 @@ function M.parse(out)
   elseif status == "fail" then
     err = type(out.err_msg) == "string" and out.err_msg or "the task failed"
   end
-  return { task_id = task_id, state = status, images = images, error = err }
+  if not into then return { task_id = task_id, state = status, images = images, error = err } end
+  into.task_id, into.state, into.images, into.error = task_id, status, images, err
+  return into
 end
 
 return M

@@ -10,6 +10,8 @@ local scheduler_cancelled = require("dh3.scheduler").CANCELLED
 local M = {}
 
 local GET_PATH, is_terminal, parse_output = contract.GET_PATH, contract.is_terminal, output.parse
+-- what output.parse fills for Task:status, which copies it into the task at once
+local status_result = { task_id = nil, state = nil, images = nil, error = nil }
 
 local Task = {}
 Task.__index = Task
@@ -127,7 +129,7 @@ function Task:status(deadline)
   if not id then self:_check_created("status") end
   local doc, err = self.client:_api("GET", GET_PATH, nil, self, deadline)
   if not doc then return nil, err end
-  local result, why = parse_output(doc.nano_banana_pro_output)
+  local result, why = parse_output(doc.nano_banana_pro_output, status_result)
   if result and result.task_id ~= nil and result.task_id ~= id then
     result, why = nil, "the answer is about another task"
   end
