@@ -74,6 +74,13 @@ struct dh3_easy {
 
 #define DH3_NOTE_SIZE 320
 
+/* curl_easy_setopt(h, opt, val), returning its error from the calling function (which has
+   CURL *h and CURLcode rc in scope): for the option sets of engine.c and request.c */
+#define DH3_SET(opt, val)                                            \
+  do {                                                               \
+    if ((rc = curl_easy_setopt(h, opt, val)) != CURLE_OK) return rc; \
+  } while (0)
+
 typedef enum {
   DH3_REQ_NEW = 0,   /* being set up inside engine:request (never seen by Lua) */
   DH3_REQ_ACTIVE,    /* in the multi handle, on the engine's active list */

@@ -54,10 +54,6 @@ void dh3_engine_free_easy(dh3_easy *easy) {
 static CURLcode dh3_engine_setup_easy(dh3_engine *e, dh3_easy *easy) {
   CURL *h = easy->curl;
   CURLcode rc;
-#define DH3_SET(opt, val)                                            \
-  do {                                                               \
-    if ((rc = curl_easy_setopt(h, opt, val)) != CURLE_OK) return rc; \
-  } while (0)
   DH3_SET(CURLOPT_ERRORBUFFER, easy->errbuf);
   DH3_SET(CURLOPT_NOSIGNAL, 1L); /* no SIGALRM into a host's process, no longjmp */
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -81,7 +77,6 @@ static CURLcode dh3_engine_setup_easy(dh3_engine *e, dh3_easy *easy) {
   DH3_SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   DH3_SET(CURLOPT_HEADERFUNCTION, dh3_request_on_header);
   DH3_SET(CURLOPT_WRITEFUNCTION, dh3_request_on_body);
-#undef DH3_SET
   return CURLE_OK;
 }
 

@@ -449,10 +449,6 @@ static CURLcode dh3_request_setup(dh3_request *req, const dh3_request_opts *o) {
   dh3_easy *easy = req->easy;
   CURL *h = easy->curl;
   CURLcode rc;
-#define DH3_SET(opt, val)                                            \
-  do {                                                               \
-    if ((rc = curl_easy_setopt(h, opt, val)) != CURLE_OK) return rc; \
-  } while (0)
   easy->errbuf[0] = '\0';
   DH3_SET(CURLOPT_PRIVATE, (void *)req);
   DH3_SET(CURLOPT_URL, o->url);
@@ -496,7 +492,6 @@ static CURLcode dh3_request_setup(dh3_request *req, const dh3_request_opts *o) {
   } else {
     DH3_SET(CURLOPT_FOLLOWLOCATION, 0L);
   }
-#undef DH3_SET
   return CURLE_OK;
 }
 
