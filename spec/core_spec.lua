@@ -579,6 +579,11 @@ describe("dh3.core", function()
         { "a body without POST", { url = "http://x/", body = "{}" }, "field 'body' needs method POST" },
         { "headers that are not strings", { url = "http://x/", headers = { 1 } }, "field 'headers'" },
         { "a header with CR LF", { url = "http://x/", headers = { "A: b\r\nC: d" } }, "CR or LF" },
+        { "more than 100 headers", { url = "http://x/", headers = (function()
+          local h = {}
+          for i = 1, 101 do h[i] = "X-" .. i .. ": y" end
+          return h
+        end)() }, "more than 100 items" },
         { "a negative timeout", { url = "http://x/", timeout = -1 }, "field 'timeout'" },
         { "a zero connect_timeout", { url = "http://x/", connect_timeout = 0 }, "field 'connect_timeout'" },
         { "a string follow_redirects", { url = "http://x/", follow_redirects = "yes" }, "field 'follow_redirects'" },

@@ -697,12 +697,9 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
                               strerror(err));
     }
   }
-  { /* the header list: the caller's headers, then ours */
-    const char *stack_lines[16], **lines = stack_lines;
+  { /* the header list: the caller's headers (at most DH3_MAX_HEADERS), then ours */
+    const char *lines[DH3_MAX_HEADERS + 2];
     int i, n = 0;
-    if (o.n_headers + 2 > (int)(sizeof(stack_lines) / sizeof(stack_lines[0])) &&
-        (lines = malloc(((size_t)o.n_headers + 2) * sizeof(*lines))) == NULL)
-      return dh3_request_fail(L, e, req, "out of memory");
     if (dh3_request_field(L, "headers") == LUA_TTABLE) {
       for (i = 1; i <= o.n_headers; i++) {
         lua_rawgeti(L, -1, i);
@@ -715,7 +712,6 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
     if (o.method == DH3_METHOD_POST && !o.user_expect) lines[n++] = "Expect:";
     if (!o.user_agent) lines[n++] = e->ua_header;
     req->headers = dh3_engine_headers(e, lines, n);
-    if (lines != stack_lines) free(lines);
     if (req->headers == NULL) return dh3_request_fail(L, e, req, "out of memory");
   }
 
