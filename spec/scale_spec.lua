@@ -82,6 +82,16 @@ describe("dh3 at scale", function()
       -- the first 40 polls span most of one interval rather than a few milliseconds
       assert.is_true(times[40] - times[1] > 0.2, "first polls spanned " .. (times[40] - times[1]))
     end)
+
+    it("reads a lone task first half an interval after the watch starts, not at once", function()
+      local client <close> = new_client(emu, { create_qps = false })
+      local task = assert(client:create{ prompt = "lone {emu:process=0.1}" })
+      local first
+      client.on_request = function(info) first = first or (info.method == "GET" and core.now()) end
+      local t0 = core.now()
+      assert(client:wait_all({ task }, { interval = 0.6 }))
+      assert.is_true(first - t0 >= 0.29, "first read after " .. (first - t0))
+    end)
   end)
 
   describe("client:as_completed() and wait_any()", function()

@@ -227,7 +227,9 @@ function M.watch(client, tasks, opts, level)
     if not task.id then error(("watch: task %d has not been created"):format(i), level) end
     local delay = (self:_interval(task))
     -- every field an entry will hold, so that none is added (and the table grown) later
-    local e = { task = task, index = i, delay = delay, seen = task.state, at = t0 + delay * (i - 1) / n,
+    -- the first polls at the middles of n equal slices of the interval: in order, evenly
+    -- spread, and a lone task is first read half an interval after the watch starts
+    local e = { task = task, index = i, delay = delay, seen = task.state, at = t0 + delay * (i - 0.5) / n,
       polling = false, finished = false, group = self }
     if task:done() then
       self:_finish(e, outcome(task))
