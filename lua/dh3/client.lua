@@ -152,6 +152,7 @@ function Client:_api(method, path, body, task, deadline)
     ro.method, ro.url, ro.body, ro.timeout, ro.connect_timeout =
       method, url, json, timeout, min(self.connect_timeout, timeout)
     local req, rerr = sched:request(ro)
+    ro.body, ro.context = nil, nil -- nothing of this call stays reachable from the table
     if not req then
       if slot then self._pacer:release(slot) end
       return nil, errors.new("invalid_request", errors.sanitize(rerr, 200), { task_id = task_id })

@@ -214,7 +214,7 @@ function M.watch(client, tasks, opts, level)
     first = {}, first_at = 1, first_n = 0, -- the first polls, in time order: first[first_at..first_n]
     heap = {},                -- the later polls and the stand-ins of _news, a heap by time
     remaining = #tasks, event = scheduler.event(),
-    timeout = timeout, deadline = core.now() + timeout,
+    timeout = timeout, deadline = now() + timeout,
     interval = interval, max_interval = math.max(interval, opts.max_interval or M.DEFAULTS.max_interval),
     explicit_interval = opts.interval ~= nil,
     on_update = opts.on_update, on_done = opts.on_done,
@@ -226,9 +226,9 @@ function M.watch(client, tasks, opts, level)
     end
     if not task.id then error(("watch: task %d has not been created"):format(i), level) end
     local delay = (self:_interval(task))
-    -- every field an entry will hold, so that none is added (and the table grown) later
-    -- the first polls at the middles of n equal slices of the interval: in order, evenly
-    -- spread, and a lone task is first read half an interval after the watch starts
+    -- Every field an entry will hold, so that none is added (and the table grown) later. The
+    -- first polls fall at the middles of n equal slices of the interval: in order, evenly
+    -- spread, and a lone task is first read half an interval after the watch starts.
     local e = { task = task, index = i, delay = delay, seen = task.state, at = t0 + delay * (i - 0.5) / n,
       polling = false, finished = false, group = self }
     if task:done() then
