@@ -510,7 +510,7 @@ describe("dh3.core", function()
     end)
 
     it("sends each request its own headers while requests with other headers are in flight", function()
-      -- three header sets in turn, more than the engine keeps lists for, all in flight at once
+      -- four header sets, more than the engine keeps lists for (DH3_HEADER_CACHE), all in flight at once
       local e = core.engine()
       local sets = { { "X-Set: a" }, { "X-Set: b", "X-More: 1" }, {}, { "X-Set: a" }, { "X-Set: c" }, { "X-Set: b", "X-More: 1" } }
       for i, h in ipairs(sets) do

@@ -60,7 +60,7 @@ struct dh3_headers {
   struct curl_slist *list;
   int refs;
 };
-#define DH3_HEADER_CACHE 2 /* an API list and a download's, say */
+#define DH3_HEADER_CACHE 3 /* a client's reads, its creates (with "Expect:"), its downloads */
 
 /* An easy handle, pooled by its engine, with what lives as long as it does. The options
    that are the same for every request of an engine are set once, when the handle is made
