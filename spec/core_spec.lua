@@ -5,7 +5,7 @@
 -- Content-Length, a slow drip, redirects, oversized headers, an echo.
 local core = require "dh3.core"
 local files = require "helpers.files"
-local shell_quote, make_tmpdir, ls = files.quote, files.tmpdir, files.ls
+local shell_quote, make_tmpdir = files.quote, files.tmpdir
 local read_file, write_file = files.read_file, files.write_file
 
 -- Timing bounds are generous, and more so under valgrind or the sanitizers.
@@ -251,13 +251,7 @@ end
 -- ======================================================================
 local closed_port = files.closed_port
 
-local function temp_files(dir)
-  local found = {}
-  for _, name in ipairs(ls(dir)) do
-    if name:find(".part-", 1, true) then found[#found + 1] = name end
-  end
-  return found
-end
+local temp_files = files.temp_files
 
 -- What the server sends for /bytes/N.
 local function pattern_bytes(n)

@@ -103,13 +103,7 @@ local function new_client(base_url, opts)
   return assert(dh3.new(o))
 end
 
-local function temp_files(dir)
-  local found = {}
-  for _, name in ipairs(ls(dir)) do
-    if name:find(".part-", 1, true) then found[#found + 1] = name end
-  end
-  return found
-end
+local temp_files = files.temp_files
 -- }=====================================================================
 
 -- {=====================================================================

@@ -47,6 +47,15 @@ function M.ls(dir)
   return names
 end
 
+--- The names in dir of the temporary files a download leaves while it runs (".part-").
+function M.temp_files(dir)
+  local found = {}
+  for _, name in ipairs(M.ls(dir)) do
+    if name:find(".part-", 1, true) then found[#found + 1] = name end
+  end
+  return found
+end
+
 --- A loopback port where nothing listens.
 function M.closed_port()
   local socket = require "socket"
