@@ -54,7 +54,6 @@ local function current(self)
   if not is_main and self.threads[co] then return co end
   return nil
 end
-Scheduler.current = current
 
 function Scheduler:_resume(co, ...)
   local ok, yielded = resume(co, ...)
