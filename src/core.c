@@ -8,6 +8,7 @@
 #include "dh3.h"
 
 #include <dlfcn.h>
+#include <signal.h>
 #include <string.h>
 #include <time.h>
 
@@ -113,6 +114,40 @@ static int dh3_core_parse_http_date(lua_State *L) {
 }
 
 /*
+** Ctrl-C for the command line (never installed by the library itself: a host's signals are
+** its own). The first SIGINT only raises a flag that the command line's loop reads, so it can
+** stop starting work and let the creates in flight bring their ids home; SA_RESETHAND puts the
+** default action back at once, so a second Ctrl-C ends the process there and then. Instead of
+** lua.c's own handler, which raises "interrupted!" wherever Lua happens to be running (in the
+** middle of a journal write, say). The flag is process-wide, as the signal is.
+*/
+static volatile sig_atomic_t dh3_core_sigint = 0;
+
+static void dh3_core_on_sigint(int sig) {
+  (void)sig;
+  dh3_core_sigint = 1;
+}
+
+/* core.trap_interrupt() -> true: from now on the first SIGINT sets the flag (see above). */
+static int dh3_core_trap_interrupt(lua_State *L) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = dh3_core_on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND; /* no SA_RESTART: a wait in poll() ends at once */
+  dh3_core_sigint = 0;
+  if (sigaction(SIGINT, &sa, NULL) != 0) return luaL_error(L, "dh3.core: sigaction failed");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.interrupted() -> whether a SIGINT came since trap_interrupt */
+static int dh3_core_interrupted(lua_State *L) {
+  lua_pushboolean(L, dh3_core_sigint != 0);
+  return 1;
+}
+
+/*
 ** Keeps this module (and with it libcurl) loaded until the process ends. lua_close
 ** dlcloses C modules; a host that closes a lua_State and opens another would otherwise
 ** unload libcurl with its global state still allocated (leaked for good, and the
@@ -152,6 +187,8 @@ static const luaL_Reg dh3_core_functions[] = {
   {"parse_http_date", dh3_core_parse_http_date},
   {"engine", dh3_engine_new},
   {"journal", dh3_journal_new},
+  {"trap_interrupt", dh3_core_trap_interrupt},
+  {"interrupted", dh3_core_interrupted},
   {NULL, NULL}
 };
 

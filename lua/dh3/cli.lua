@@ -2,6 +2,7 @@
 -- client, shown live on a terminal (dh3.cli.terminal) or as JSON lines (dh3.cli.jsonlines).
 -- Grammar and help in dh3.cli.parser; exit codes in dh3.cli.exitcode.
 local dh3 = require "dh3"
+local core = require "dh3.core"
 local validate = require "dh3.validate"
 local exitcode = require "dh3.cli.exitcode"
 local parser_mod = require "dh3.cli.parser"
@@ -101,20 +102,30 @@ local function id_jobs(args, command)
   return jobs
 end
 
--- Runs the jobs; Ctrl-C ends the run, with the ids still at work said, so no paid task is lost
--- (with a journal they are in it too: `journal` is its path), and the creates cut off in flight
--- (their answer, and so their id, never came: only a journal keeps a trace of them).
+-- Runs the jobs. The first Ctrl-C stops the run the way client:close() does: the creates already
+-- sent are let finish (their ids are paid for), everything else stops; then the ids still at work
+-- at the service are said (with a journal they are in it too: `journal` is its path, and dh3
+-- resume takes them up), and the creates whose answer never came (possibly created, id unknown).
+-- A second Ctrl-C ends the process at once: only then can a create be cut off unanswered.
 local function run(client, jobs, plan, reporter, redraw, journal)
-  local ok, code = pcall(jobs_mod.run, client, jobs, plan, reporter, redraw)
-  if ok then return code end
-  if not tostring(code):find("interrupted!", 1, true) then error(code, 0) end
+  core.trap_interrupt()
+  plan.interrupted = core.interrupted
+  local code = jobs_mod.run(client, jobs, plan, reporter, redraw)
+  if code then return code end
+  plan.stopping = true
+  local in_flight = 0
+  for _ in pairs(client._creates) do in_flight = in_flight + 1 end
+  io.stderr:write(("dh3: interrupted; %s (Ctrl-C again to quit at once)\n"):format(in_flight == 0
+    and "stopping" or ("letting %d %s already sent bring %s id%s home"):format(in_flight,
+      in_flight == 1 and "create" or "creates", in_flight == 1 and "its" or "their", in_flight == 1 and "" or "s")))
+  client:close()
   reporter:close()
-  local open, in_flight = {}, 0
+  local open, unanswered = {}, 0
   for _, job in ipairs(jobs) do
-    if job.task and job.task.id and not job.code then
+    if job.task and job.task.id and job.code ~= exitcode.OK and job.phase ~= "failed" then
       open[#open + 1] = job.task.id
-    elseif job.phase == "creating" then
-      in_flight = in_flight + 1
+    elseif job.err and job.err.maybe_created then
+      unanswered = unanswered + 1
     end
   end
   local message = { "dh3: interrupted" }
@@ -122,9 +133,9 @@ local function run(client, jobs, plan, reporter, redraw, journal)
     local how = journal and "dh3 resume --journal " .. journal or "dh3 wait ID"
     message[#message + 1] = "still running at the service (" .. how .. "): " .. table.concat(open, " ")
   end
-  if in_flight > 0 then
-    message[#message + 1] = ("%d %s cut off in flight, possibly created, id unknown%s"):format(in_flight,
-      in_flight == 1 and "create" or "creates",
+  if unanswered > 0 then
+    message[#message + 1] = ("%d %s with no answer, possibly created, id unknown%s"):format(unanswered,
+      unanswered == 1 and "create" or "creates",
       journal and " (in the journal: dh3 pending --journal " .. journal .. ")" or "")
   end
   io.stderr:write(table.concat(message, "; "), "\n")
@@ -147,11 +158,14 @@ local function required_journal(args, command)
   return path
 end
 
--- dh3 pending: the journal read, nothing sent (no key needed).
+-- dh3 pending: the journal read, nothing sent (no key needed), nothing written (no lock: a run may
+-- hold it); a torn end is said on stderr and left.
 local function list_pending(args, command)
   local path = required_journal(args, command)
   local human = not args.json and terminal.is_terminal()
   local state, err = pending.read(path)
+  local torn = state and pending.torn_line(state, path)
+  if torn then io.stderr:write(torn, "\n") end
   if not state then
     if human then
       io.stderr:write(tostring(err), "\n")

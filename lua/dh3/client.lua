@@ -26,6 +26,9 @@ M.DEFAULT_BASE_URL = "https://api.dh3.app"
 -- can show the key. One table per client, refilled for each request: engine:request reads it
 -- at once and keeps nothing of it.
 local request_of = setmetatable({}, { __mode = "k" })
+-- The base URL as given, which may hold a user name and password: client.base_url shows it
+-- with those redacted.
+local base_url_of = setmetatable({}, { __mode = "k" })
 
 local OPTIONS = {
   api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
@@ -36,12 +39,25 @@ local OPTIONS = {
 
 local DEFAULTS = { timeout = 60, connect_timeout = 10, max_retries = 3, retry_delay = 0.5 }
 
+-- The values each number option takes (validate.check_numbers): all checked here, so that no
+-- option is refused later, by the C core, in the middle of a create.
+local NUMBER_RULES = { timeout = "seconds", connect_timeout = "seconds", retry_delay = "seconds",
+  max_retries = "count" }
+
 -- Downloads of big images get at least this long, whatever the API timeout.
 local MIN_DOWNLOAD_TIMEOUT = 300
 
-local function positive(name, v)
-  if v ~= nil and not (v > 0 and v < math.huge) then
-    error(("dh3.new: %s must be a positive number of seconds"):format(name), 3)
+-- Downloads in flight at once, per client: each holds an open file (and a connection to the
+-- image host), so a resume of thousands of tasks must not open them all together.
+M.MAX_DOWNLOADS = 8
+
+-- A string option that goes into a header, a path or a URL: no NUL (C would cut it short) and,
+-- for a header, no control characters (a CR LF would add headers of the caller's making).
+local function check_text(name, v, header)
+  if v == nil then return end
+  if v == "" or v:find("%z") or header and v:find("%c") then
+    error(("dh3.new: %s must be a non-empty string without %s"):format(name,
+      header and "control characters" or "NUL bytes"), 3)
   end
 end
 
@@ -52,12 +68,11 @@ function M.new(opts, version)
     error(("bad argument #1 to 'new' (table expected, got %s)"):format(type(opts)), 2)
   end
   validate.check_table("dh3.new", opts, OPTIONS, 3)
-  positive("timeout", opts.timeout)
-  positive("connect_timeout", opts.connect_timeout)
-  positive("retry_delay", opts.retry_delay)
-  if opts.max_retries ~= nil and (math.type(opts.max_retries) ~= "integer" or opts.max_retries < 0) then
-    error("dh3.new: max_retries must be a whole number >= 0", 2)
-  end
+  validate.check_numbers("dh3.new", opts, NUMBER_RULES, 3)
+  check_text("user_agent", opts.user_agent, true)
+  check_text("ca_file", opts.ca_file)
+  check_text("proxy", opts.proxy, true)
+  check_text("journal", opts.journal)
   local qps = opts.create_qps
   if qps == nil or qps == true then qps = contract.CREATE_QPS end
   if qps ~= false and (math.type(qps) ~= "integer" or qps < 1) then
@@ -90,8 +105,10 @@ function M.new(opts, version)
     user_agent = opts.user_agent or ("dh3-lua/" .. version .. " " .. core.curl_version:match("^%S+")),
     ca_file = opts.ca_file, proxy = opts.proxy,
   }
+  base_url = base_url:gsub("/+$", "")
   local self = setmetatable({
-    base_url = base_url:gsub("/+$", ""),
+    -- for display: a password in the URL is as secret as the key (the real URL is in request_of)
+    base_url = validate.redact_url(base_url),
     timeout = opts.timeout or DEFAULTS.timeout,
     connect_timeout = opts.connect_timeout or DEFAULTS.connect_timeout,
     max_retries = opts.max_retries or DEFAULTS.max_retries,
@@ -102,12 +119,16 @@ function M.new(opts, version)
     _pacer = qps and ratelimit.new(qps) or nil,
     _journal = journal,
     _tasks = setmetatable({}, { __mode = "v" }), -- [task id] = task, for webhook deliveries
+    _creates = {}, -- [request] = true for each create in flight: close() lets them finish
+    _closing = false,
   }, Client)
+  self._downloads = self._sched:semaphore(M.MAX_DOWNLOADS)
   -- built once; the key lives only here and in the engine's outgoing requests
   request_of[self] = {
     headers = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" },
     method = nil, url = nil, body = nil, timeout = nil, connect_timeout = nil, context = nil,
   }
+  base_url_of[self] = base_url
   return self
 end
 
@@ -120,9 +141,9 @@ function Client:_scheduler()
   return self._sched
 end
 
-local function call_hook(hook, info)
-  local ok, err = pcall(hook, info)
-  if not ok then io.stderr:write("dh3: on_request hook failed: ", tostring(err), "\n") end
+-- The error of work refused because the client is closing (nothing of it was sent).
+local function closing_error(task_id, what)
+  return errors.new("cancelled", ("the client is closing: %s"):format(what), { task_id = task_id })
 end
 
 --- One API call about `task`, with its retries: the create (POST contract.CREATE_PATH, `body`
@@ -134,12 +155,17 @@ function Client:_api(method, path, body, task, deadline)
   local sched = self:_scheduler()
   local is_create = path == contract.CREATE_PATH
   local task_id, token = task.id, not is_create and (task._token or task:_cancel_token()) or nil
-  local url = is_create and self.base_url .. path or self.base_url .. path .. "?task_id=" .. task_id
+  local ro, base = request_of[self], base_url_of[self]
+  local url = is_create and base .. path or base .. path .. "?task_id=" .. task_id
   local json
   if body then json = assert(core.json_encode(body)) end
   local attempt = 0
   while true do
     attempt = attempt + 1
+    if self._closing then
+      return nil, closing_error(task_id, is_create and "the create was not sent, nothing was created"
+        or "the request was not sent")
+    end
     local timeout = self.timeout
     if deadline then
       timeout = min(timeout, deadline - now())
@@ -147,8 +173,20 @@ function Client:_api(method, path, body, task, deadline)
         return nil, errors.new("timeout", "no time left for the request", { task_id = task_id })
       end
     end
-    local slot = is_create and self._pacer and self._pacer:acquire(function(s) sched:sleep(s) end)
-    local ro = request_of[self]
+    local slot
+    if is_create then
+      if self._pacer then
+        slot = self._pacer:acquire(function(s) return sched:sleep(s) end)
+        if not slot then return nil, closing_error(nil, "the create was not sent, nothing was created") end
+      end
+      -- The intent goes on disk once the create is about to leave (after pacing: a crash while
+      -- it waited for a slot sent nothing), and before it can leave.
+      local ok, jerr = task:_before_send()
+      if not ok then
+        if slot then self._pacer:release(slot) end
+        return nil, jerr
+      end
+    end
     ro.method, ro.url, ro.body, ro.timeout, ro.connect_timeout =
       method, url, json, timeout, min(self.connect_timeout, timeout)
     local req, rerr = sched:request(ro)
@@ -157,12 +195,14 @@ function Client:_api(method, path, body, task, deadline)
       if slot then self._pacer:release(slot) end
       return nil, errors.new("invalid_request", errors.sanitize(rerr, 200), { task_id = task_id })
     end
+    if is_create then self._creates[req] = true end
     local res = sched:await(req, token)
+    if is_create then self._creates[req] = nil end
     if slot then self._pacer:release(slot) end
     if res == CANCELLED then return nil, errors.cancelled(task_id) end
     local doc, err = from_response(res)
     if self.on_request then
-      call_hook(self.on_request, {
+      sched:call(self.on_request, {
         method = method, path = path, status = res.status, attempt = attempt, seconds = res.time,
         error = err and err.kind or nil, task_id = task_id,
       })
@@ -186,6 +226,19 @@ function Client:_api(method, path, body, task, deadline)
     sched:sleep(delay, token)
     if token and token.cancelled then return nil, errors.cancelled(task_id) end
   end
+end
+
+-- A slot for one download (M.MAX_DOWNLOADS per client), taken in order of asking; `token` can
+-- cancel the wait. True, or nil, err.
+function Client:_download_slot(token, task_id)
+  if self._closing then return nil, closing_error(task_id, "the download was not started") end
+  if self._sched:acquire(self._downloads, token) then return true end
+  if self._closing then return nil, closing_error(task_id, "the download was not started") end
+  return nil, errors.cancelled(task_id)
+end
+
+function Client:_download_done()
+  self._sched:release(self._downloads)
 end
 
 --- Starts the download of one image, into the file `path` or, without a path, into memory;
@@ -307,12 +360,15 @@ end
 
 -- A delivery reached the receiver: trusted (it came to the secret path) it settles the task at
 -- once; otherwise it only makes the task's waiter read the task now.
+-- True when a task of this client took it; false when no task has that id (yet: a delivery can
+-- come before the create's answer, and the receiver then keeps it for Task:create to claim).
 function Client:_delivered(result, trusted)
   local t = self._tasks[result.task_id]
-  if not t then return end
+  if not t then return false end
   if trusted then t:_apply(result) end
   local token = t._token
   if token then self._sched:wake(token) end
+  return true
 end
 
 --- After a restart, with a journal: the tasks created but not seen to finish (ready to wait on),
@@ -329,17 +385,42 @@ function Client:pending()
   return tasks, state.unanswered
 end
 
---- Cancels every transfer and frees the engine. Safe to call more than once.
-function Client:close()
-  if self._closed then return end
-  self._closed = true
+-- Frees everything at once: the engine (cancelling whatever is still in flight), the journal.
+local function release(self)
+  self._closed, self._closing = true, true
+  self._sched.closing, self._sched.closed = true, true
   if self._listener then self._listener:close() end
   self._engine:close()
   if self._journal then self._journal:close() end
   request_of[self] = nil
 end
 
+--- Closes the client. Creates already sent are let finish (each bounded by its request timeout):
+-- their answers carry ids that are paid for, and they reach their callers (and the journal).
+-- Everything else ends at once: transfers are cancelled, sleeps and waits return errors of
+-- kind "cancelled", creates not yet sent are not sent. Then the engine is freed. Safe to call
+-- more than once, and from a callback.
+function Client:close()
+  if self._closing then return end
+  self._closing = true
+  if self._listener then self._listener:close() end
+  local sched = self._sched
+  sched:begin_close(self._creates)
+  -- each create in flight ends by its own request timeout at the latest; the bound below only
+  -- guards against a clock that misbehaves
+  local give_up = now() + self.timeout + 5
+  while next(self._creates) and now() < give_up do
+    sched:step(sched:_wait_limit(1.0))
+  end
+  sched:step(0) -- what the last answers woke runs now, and sees the client closing
+  release(self)
+end
+
 Client.__close = Client.close
-Client.__gc = Client.close
+-- Collected: nothing can reach the client (nor any coroutine waiting on it) any more, so no one
+-- is left to receive an answer: everything is freed at once.
+function Client:__gc()
+  if not self._closed then release(self) end
+end
 
 return M

@@ -32,11 +32,7 @@ local GROWTH = 1.5
 -- Runs a user's callback; an error in it goes to the client's error handler, not through the
 -- worker (which must go on polling the other tasks).
 function Group:_callback(fn, ...)
-  local ok, err = pcall(fn, ...)
-  if not ok then
-    local sched = self.sched
-    pcall(sched.on_error, err, coroutine.running())
-  end
+  self.sched:call(fn, ...)
 end
 
 function Group:_finish(e, err)
@@ -136,16 +132,25 @@ function Group:_take(e)
   end
 end
 
-function Group:_expire()
+-- Ends every entry still queued with the error `make(e)` returns.
+function Group:_end_all(make)
   while true do
     local e = self:_peek()
     if not e then break end
     self:_take(e)
-    if not e.stand_in_for then
-      self:_finish(e, errors.new("timeout", ("the task did not finish within %gs; it is still valid")
-        :format(self.timeout), { task_id = e.task.id }))
-    end
+    if not e.stand_in_for then self:_finish(e, make(e)) end
   end
+end
+
+function Group:_expire()
+  self:_end_all(function(e)
+    return errors.new("timeout", ("the task did not finish within %gs; it is still valid")
+      :format(self.timeout), { task_id = e.task.id })
+  end)
+end
+
+local function closing_error(e)
+  return errors.new("cancelled", "the client is closing; the task id is still valid", { task_id = e.task.id })
 end
 
 function Group:_worker(token)
@@ -160,6 +165,9 @@ function Group:_worker(token)
     end
     if e.finished then
       self:_take(e)
+    elseif sched.closing then
+      self:_end_all(closing_error)
+      break
     elseif e.at > t then
       token.woken = false
       sched:sleep(math.min(e.at, self.deadline) - t, token)
@@ -199,15 +207,13 @@ end
 function M.watch(client, tasks, opts, level)
   opts = opts or {}
   validate.check_table("watch", opts, M.OPTIONS, level + 1)
+  validate.check_numbers("watch", opts, validate.WAIT_RULES, level + 1)
   if type(tasks) ~= "table" then
     error(("bad argument #1 (array of tasks expected, got %s)"):format(type(tasks)), level)
   end
   local sched = client:_scheduler()
   local interval = opts.interval or M.DEFAULTS.interval
   local max_concurrency = opts.max_concurrency or M.DEFAULTS.max_concurrency
-  if math.type(max_concurrency) ~= "integer" or max_concurrency < 1 then
-    error("watch: max_concurrency must be a whole number >= 1", level)
-  end
   local timeout = opts.timeout or M.DEFAULTS.timeout
   local self = setmetatable({
     client = client, sched = sched, tasks = tasks, done = {}, taken = 0, errs = {},

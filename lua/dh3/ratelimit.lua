@@ -19,7 +19,8 @@ function M.new(qps)
   return setmetatable({ slots = slots, next_slot = 1 }, Pacer)
 end
 
---- Waits (through `sleep`) for a free slot and takes it; returns the slot for `release`.
+--- Waits (through `sleep`, which returns false when waiting must stop: the client is closing)
+-- for a free slot and takes it; returns the slot for `release`, or nil when the wait was stopped.
 -- Callers are served in the order they asked: each takes the next slot of the ring.
 function Pacer:acquire(sleep)
   local i = self.next_slot
@@ -28,7 +29,7 @@ function Pacer:acquire(sleep)
   while true do
     local wait = slots[i] - core.now()
     if wait <= 0 then break end
-    sleep(slots[i] == math.huge and POLL or wait)
+    if not sleep(slots[i] == math.huge and POLL or wait) then return nil end
   end
   slots[i] = math.huge
   return i

@@ -24,8 +24,16 @@ local CANCELLED = M.CANCELLED
 -- sooner; this only bounds the time between checks of the blocking caller's own condition.
 local MAX_BLOCK = 1.0
 
-local function default_error_handler(err, co)
-  io.stderr:write("dh3: error in a spawned coroutine: ", debug.traceback(co, tostring(err)), "\n")
+-- Where an error of a spawned coroutine or of a user's callback goes by default. `trace`, for a
+-- callback, is the traceback taken where it raised (a coroutine's is read from the coroutine).
+local function default_error_handler(err, co, trace)
+  if trace then
+    io.stderr:write("dh3: error in a callback: ", tostring(err), "\n", trace, "\n")
+  elseif co then
+    io.stderr:write("dh3: error in a spawned coroutine: ", debug.traceback(co, tostring(err)), "\n")
+  else
+    io.stderr:write("dh3: error: ", tostring(err), "\n")
+  end
 end
 
 function M.new(engine)
@@ -45,7 +53,35 @@ function M.new(engine)
     progress = {},  -- [request] = function(bytes, total), called when bytes change
     progress_seen = {}, -- [request] = bytes at the last call
     on_error = default_error_handler,
+    semaphores = {}, -- made by semaphore(): begin_close turns their waiters away
+    closing = false, -- set by begin_close: waits end at once, nothing new starts
   }, Scheduler)
+end
+
+--- Hands an error to the on_error handler; a handler that fails itself is reported on stderr.
+function Scheduler:report(err, co, trace)
+  local ok, handler_err = pcall(self.on_error, err, co, trace)
+  if not ok then
+    io.stderr:write("dh3: the error handler failed: ", tostring(handler_err), "\n")
+  end
+end
+
+local traceback = debug.traceback
+local function with_traceback(e)
+  return { e, traceback("", 2) } -- built only when a callback raised
+end
+
+--- Calls a user's callback, protected: its error goes to the on_error handler and never unwinds
+-- the loop or the dh3 call that happened to be driving it (a create in flight must not die
+-- because a progress bar raised). Every function the user hands dh3 is called through here.
+-- Returns true when it ran to its end.
+function Scheduler:call(fn, ...)
+  local ok, caught = xpcall(fn, with_traceback, ...)
+  if not ok then
+    local co, is_main = running()
+    self:report(caught[1], not is_main and co or nil, caught[2])
+  end
+  return ok
 end
 
 --- The running coroutine if it is one of ours, else nil (then waits block).
@@ -62,10 +98,7 @@ function Scheduler:_resume(co, ...)
     self.threads[co] = nil
     self.awaiting[co] = nil
     self.nthreads = self.nthreads - 1
-    local handler_ok, handler_err = pcall(self.on_error, yielded, co)
-    if not handler_ok then
-      io.stderr:write("dh3: the error handler failed: ", tostring(handler_err), "\n")
-    end
+    self:report(yielded, co)
   elseif co_status(co) == "dead" then
     self.threads[co] = nil
     self.awaiting[co] = nil
@@ -114,11 +147,14 @@ function Scheduler:step(wait)
   else
     engine:perform(wait)
   end
-  local awaiting = self.awaiting
+  local awaiting, progress = self.awaiting, self.progress
   while true do
     local res, co = engine:next_done() -- the context: the coroutine that made the request
     if not res then break end
     local req = res.request
+    -- a download that ended within one turn is still seen whole by its progress callback
+    local fn = progress[req]
+    if fn then self:_progress_of(req, fn) end
     if co and awaiting[co] == req then
       awaiting[co] = false
       self:_resume(co, res)
@@ -167,6 +203,10 @@ function Scheduler:await(req, token)
   else
     local finished = self.finished
     while not finished[req] do
+      if self.closed then -- closed from a callback under this very wait: the engine is gone
+        if token then token.req = nil end
+        return CANCELLED
+      end
       self:step(self:_wait_limit(MAX_BLOCK))
     end
     res = finished[req]
@@ -177,8 +217,10 @@ function Scheduler:await(req, token)
 end
 
 --- Waits `seconds` (yielding in a spawned coroutine, else blocking while driving the loop).
--- A cancel of `token` ends the wait early.
+-- A cancel of `token` ends the wait early. False when the client is closing (then it does not
+-- wait at all, and the caller must give up rather than wait again), else true.
 function Scheduler:sleep(seconds, token)
+  if self.closing then return false end
   local co = current(self)
   local at = core.now() + seconds
   if co then
@@ -187,13 +229,14 @@ function Scheduler:sleep(seconds, token)
     heap.push(self.timers, timer)
     coroutine.yield(WAIT)
     if token then token.timer = nil end
-    return
+    return not self.closing
   end
-  while not (token and (token.cancelled or token.woken)) do
+  while not (token and (token.cancelled or token.woken)) and not self.closing do
     local left = at - core.now()
-    if left <= 0 then return end
+    if left <= 0 then break end
     self:step(self:_wait_limit(left))
   end
+  return not self.closing
 end
 
 --- Stops whatever the owner of `token` waits on: its transfer is cancelled (its await returns
@@ -213,6 +256,12 @@ function Scheduler:cancel(token)
     end
   end
   self:_end_sleep(token)
+  local waiter = token.waiter
+  if waiter then -- waiting for a slot of a semaphore: it gives up its place in the queue
+    token.waiter = nil
+    waiter.abandoned = true
+    if waiter.co then self:_resume(waiter.co, CANCELLED) end
+  end
   if token.on_cancel then token.on_cancel(token) end
 end
 
@@ -252,15 +301,118 @@ function Scheduler:watch_progress(req, fn)
   self.progress_seen[req] = fn and -1 or nil
 end
 
+-- Calls fn, the progress callback of `req`, if its byte count moved since the last call.
+function Scheduler:_progress_of(req, fn)
+  local bytes, total = req:progress()
+  if bytes ~= self.progress_seen[req] then
+    self.progress_seen[req] = bytes
+    self:call(fn, bytes, total)
+  end
+end
+
 function Scheduler:_report_progress()
-  local seen = self.progress_seen
-  for req, fn in pairs(self.progress) do
-    local bytes, total = req:progress()
-    if bytes ~= seen[req] then
-      seen[req] = bytes
-      fn(bytes, total)
+  for req, fn in pairs(self.progress) do self:_progress_of(req, fn) end
+end
+
+--- A counting semaphore of `n` slots (see acquire, release): bounds work that holds a scarce
+-- resource, such as downloads, which each hold an open file.
+function Scheduler:semaphore(n)
+  local sem = { free = n, waiters = {}, first = 1, last = 0 }
+  self.semaphores[#self.semaphores + 1] = sem
+  return sem
+end
+
+--- Takes a slot of `sem`, waiting in order of arrival (yielding in a spawned coroutine, else
+-- blocking while driving the loop). True, or false when `token` was cancelled or the client is
+-- closing meanwhile (then no slot is held).
+function Scheduler:acquire(sem, token)
+  if self.closing then return false end
+  if sem.free > 0 and sem.first > sem.last then
+    sem.free = sem.free - 1
+    return true
+  end
+  local co = current(self)
+  local waiter = { co = co or false, granted = false, abandoned = false }
+  sem.last = sem.last + 1
+  sem.waiters[sem.last] = waiter
+  if token then token.waiter = waiter end
+  if co then
+    local res = yield(WAIT)
+    if token and token.waiter == waiter then token.waiter = nil end
+    if res == CANCELLED then return false end
+  else
+    while not (waiter.granted or waiter.abandoned or self.closing) do
+      self:step(self:_wait_limit(MAX_BLOCK))
+    end
+    if token and token.waiter == waiter then token.waiter = nil end
+  end
+  if waiter.granted then return true end
+  waiter.abandoned = true
+  return false
+end
+
+--- Takes a slot of `sem` only if one is free now and no one waits for it: true, else false.
+function Scheduler:try_acquire(sem)
+  if self.closing or sem.free == 0 or sem.first <= sem.last then return false end
+  sem.free = sem.free - 1
+  return true
+end
+
+--- Gives a slot of `sem` back: to the first waiter still waiting, else to the pool.
+function Scheduler:release(sem)
+  local waiters = sem.waiters
+  while sem.first <= sem.last do
+    local waiter = waiters[sem.first]
+    waiters[sem.first] = nil
+    sem.first = sem.first + 1
+    if not waiter.abandoned then
+      waiter.granted = true
+      if waiter.co then self:_resume(waiter.co, true) end
+      return
     end
   end
+  sem.free = sem.free + 1
+end
+
+--- Starts closing: from now on every sleep ends at once and new waits for a slot fail; every
+-- coroutine asleep is resumed, and every transfer awaited by a coroutine is cancelled except those
+-- `keep[request]` names (creates in flight: their answers carry ids that were paid for).
+-- The caller then drives step() until the kept transfers end.
+function Scheduler:begin_close(keep)
+  self.closing = true
+  local cancel = {}
+  for co, req in pairs(self.awaiting) do
+    if req and not keep[req] then cancel[#cancel + 1] = co end
+  end
+  for _, co in ipairs(cancel) do
+    local req = self.awaiting[co]
+    if req and req:cancel() then
+      self.awaiting[co] = false
+      self:_resume(co, CANCELLED)
+    end
+  end
+  local timers = self.timers
+  while timers[1] do
+    local timer = heap.pop(timers)
+    if not timer.cancelled then
+      timer.cancelled = true
+      self:_resume(timer.co)
+    end
+  end
+  for _, sem in ipairs(self.semaphores) do
+    while sem.first <= sem.last do
+      local waiter = sem.waiters[sem.first]
+      sem.waiters[sem.first] = nil
+      sem.first = sem.first + 1
+      if not waiter.abandoned then
+        waiter.abandoned = true
+        if waiter.co then self:_resume(waiter.co, CANCELLED) end
+      end
+    end
+  end
+  local ready = self.ready
+  self.ready = {}
+  for _, co in ipairs(ready) do self:_resume(co) end
 end
 
 --- An event that coroutines and blocking callers can wait for (see wait_event, set_event).
@@ -277,7 +429,7 @@ function Scheduler:wait_event(ev)
     coroutine.yield(WAIT)
     return
   end
-  while not ev.set do
+  while not ev.set and not self.closed do
     self:step(self:_wait_limit(MAX_BLOCK))
   end
 end

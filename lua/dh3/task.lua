@@ -48,9 +48,13 @@ function M.new(client, input, level)
 end
 
 --- Submits the task. Returns the task (with .id set), or nil, err.
+-- A task is created at most once: a second create raises, and so does a create after one whose
+-- answer was lost (err.maybe_created): that task may exist and be paid for, and creating it again
+-- could pay twice. Make a new task to try again on purpose.
 function Task:create()
-  if self.id or self._creating then
-    error(("task:create: this task was already created (%s)"):format(self.id or "in progress"), 2)
+  if self.id or self._creating or self._maybe_created then
+    error(("task:create: this task was already created (%s)"):format(self.id or self._creating and "in progress"
+      or "its answer was lost: it may exist and be charged; make a new task to create another"), 2)
   end
   if self._invalid then return nil, self._invalid end
   local listener = self.client._listener
@@ -58,23 +62,21 @@ function Task:create()
     self._body.callback_url = listener.url
   end
   self._callback = self._body.callback_url ~= nil
-  local journal = self.client._journal
-  local local_id
-  if journal then
-    -- on disk before the request leaves: a crash from here on leaves a trace of what was paid for
-    local jerr
-    local_id, jerr = journal:intent(self._body)
-    if not local_id then return nil, jerr end
-  end
   self._creating = true
   local doc, err = self.client:_api("POST", contract.CREATE_PATH, self._body, self)
   self._creating = nil
+  local journal, local_id = self.client._journal, self._local_id
   if not doc then
-    if journal and not err.maybe_created then journal:abandoned(local_id, err) end
+    if err.maybe_created then
+      self._maybe_created = true
+    elseif journal and local_id then
+      journal:abandoned(local_id, err)
+    end
     return nil, err
   end
   local id = doc.task_id
   if not validate.task_id(id) then
+    self._maybe_created = true
     return nil, errors.new("protocol", ("the answer to create has no usable task_id (got %s); "
       .. "the task may have been created and charged"):format(errors.sanitize(tostring(id), 140)),
       { maybe_created = true })
@@ -87,7 +89,31 @@ function Task:create()
       io.stderr:write("dh3: task ", id, " was created but could not be journaled: ", tostring(jerr), "\n")
     end
   end
+  -- a delivery may have come before this answer: the receiver kept it for us
+  if listener and not listener.closed then listener:claim(id) end
   return self
+end
+
+-- Called by the client right before the create request leaves (after pacing): with a journal,
+-- the intent goes on the disk first (once per task, whatever the retries), so a crash from here
+-- on leaves a trace of what may be paid for, and one before it (while waiting for a slot) leaves
+-- none, since nothing was sent. true, or nil, err (then the create must not be sent).
+function Task:_before_send()
+  local journal = self.client._journal
+  if not journal or self._local_id then return true end
+  local local_id, jerr = journal:intent(self._body)
+  if not local_id then return nil, jerr end
+  self._local_id = local_id
+  return true
+end
+
+-- With a journal: records that this task's images are to be saved, so that it stays pending
+-- (dh3 resume downloads it) until they are, even if it ends meanwhile. task:download does it
+-- itself; the command line calls it as soon as the task exists, for it knows it will download.
+function Task:_expect_download()
+  local journal = self.client._journal
+  if not journal or not self.id then return true end
+  return journal:saving(self.id)
 end
 
 -- The table through which task:cancel() reaches whatever this task waits on (see scheduler.cancel).
@@ -145,6 +171,7 @@ function Task:done()
 end
 
 local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "number", on_update = "function" }
+local WAIT_RULES = validate.WAIT_RULES
 local DEFAULT_WAIT = { timeout = 600, interval = 1, max_interval = 10 }
 local CALLBACK_WAIT = { interval = 15, max_interval = 60 }
 local GROWTH = 1.5 -- each unchanged poll waits this much longer, up to max_interval
@@ -154,6 +181,7 @@ local GROWTH = 1.5 -- each unchanged poll waits this much longer, up to max_inte
 function Task:wait(opts)
   opts = opts or {}
   validate.check_table("task:wait", opts, WAIT_OPTIONS, 3)
+  validate.check_numbers("task:wait", opts, WAIT_RULES, 3)
   self:_check_created("wait")
   local timeout = opts.timeout or DEFAULT_WAIT.timeout
   -- with a callback coming, polling is only the fallback for a lost delivery: slow by default
@@ -177,7 +205,7 @@ function Task:wait(opts)
     if self.state ~= seen then
       seen = self.state
       delay = interval
-      if opts.on_update then opts.on_update(self) end
+      if opts.on_update then scheduler:call(opts.on_update, self) end
     end
     if self.state == "success" then return self end
     if self.state == "fail" then
@@ -186,7 +214,9 @@ function Task:wait(opts)
     local left = deadline - core.now()
     if left <= 0 then break end
     token.woken = false
-    scheduler:sleep(math.min(delay, left), token)
+    if not scheduler:sleep(math.min(delay, left), token) then
+      return nil, errors.new("cancelled", "the client is closing; the task id is still valid", { task_id = self.id })
+    end
     if token.cancelled then return nil, errors.cancelled(self.id) end
     delay = math.min(delay * GROWTH, max_interval)
   end
@@ -195,6 +225,7 @@ function Task:wait(opts)
 end
 
 local DOWNLOAD_OPTIONS = { timeout = "number", progress = "function" }
+local DOWNLOAD_RULES = { timeout = "seconds" }
 
 function Task:_check_images(what)
   if self.state ~= "success" or not self.images then
@@ -213,9 +244,24 @@ function Task:download(dest, opts)
   end
   opts = opts or {}
   validate.check_table("task:download", opts, DOWNLOAD_OPTIONS, 3)
+  validate.check_numbers("task:download", opts, DOWNLOAD_RULES, 3)
   local ok, err = self:_check_images("download")
   if not ok then return nil, err end
-  return self:_fetch(download.plan(self.id, self.images, dest), opts)
+  local journal = self.client._journal
+  if journal then
+    -- pending until saved: a crash in the middle of the download leaves the task to dh3 resume
+    ok, err = journal:saving(self.id)
+    if not ok then return nil, err end
+  end
+  local paths, ferr = self:_fetch(download.plan(self.id, self.images, dest), opts)
+  if paths and journal then
+    ok, err = journal:saved(self.id, paths)
+    if not ok then -- the images are saved and returned all the same; say that the journal lags
+      io.stderr:write("dh3: the images of task ", self.id, " were saved but could not be journaled: ",
+        tostring(err), "\n")
+    end
+  end
+  return paths, ferr
 end
 
 --- The bytes of image `i` (default 1), in memory: for programs that keep images in memory, such
@@ -227,6 +273,7 @@ function Task:read(i, opts)
   end
   opts = opts or {}
   validate.check_table("task:read", opts, DOWNLOAD_OPTIONS, 3)
+  validate.check_numbers("task:read", opts, DOWNLOAD_RULES, 3)
   local ok, err = self:_check_images("read")
   if not ok then return nil, err end
   if not self.images[i] then
@@ -239,45 +286,82 @@ end
 
 -- Fetches images concurrently: into the files `paths[k]`, or into memory where paths[k] is false
 -- (then only image `only`). Returns the array of paths (or bodies), or nil, err.
+-- Each download in flight holds one of the client's download slots (client.MAX_DOWNLOADS): the
+-- first is waited for; more are taken only while free, and a finished image hands its slot to
+-- the next one, so no call ever waits for a slot while holding one (two calls could then wait
+-- for each other forever).
 function Task:_fetch(paths, opts, only)
   local client = self.client
   local sched = client:_scheduler()
   local images = only and { self.images[only] } or self.images
-  local requests, got, total = {}, {}, {}
+  local n = #images
   local token = self:_cancel_token()
   token.cancelled = false
-  local function stop_all()
-    for _, started in ipairs(requests) do
-      started:cancel()
-      sched:watch_progress(started, nil)
+  local requests, got, total = {}, {}, {}
+  for k = 1, n do got[k], total[k] = 0, images[k].file_size end
+  local next_k, held = 1, 0
+
+  -- an early end: what is still in flight is cancelled and every slot given back
+  local function abandon(err)
+    for k = 1, next_k - 1 do
+      local req = requests[k]
+      if req then
+        req:cancel()
+        sched:watch_progress(req, nil)
+      end
     end
+    for _ = 1, held do client:_download_done() end
+    return nil, err
   end
-  for k, img in ipairs(images) do
-    local req, rerr = client:_download(img, paths[k] or nil, opts.timeout)
+
+  -- starts image next_k on a slot already held
+  local function start_next()
+    local k = next_k
+    next_k = k + 1
+    local req, rerr, why = client:_download(images[k], paths[k] or nil, opts.timeout)
     if not req then
-      stop_all()
-      return nil, errors.new("invalid_request", rerr, { task_id = self.id })
+      return nil, errors.new(why == "io" and "io" or "invalid_request", errors.sanitize(rerr, 300),
+        { task_id = self.id })
     end
-    requests[k], got[k], total[k] = req, 0, img.file_size
+    requests[k] = req
     if opts.progress then
       sched:watch_progress(req, function(bytes)
         got[k] = bytes
         local sum_got, sum_total = 0, 0
-        for j = 1, #images do sum_got, sum_total = sum_got + got[j], sum_total + total[j] end
+        for j = 1, n do sum_got, sum_total = sum_got + got[j], sum_total + total[j] end
         opts.progress(self, sum_got, sum_total)
       end)
     end
+    return true
   end
+
+  local ok, err = client:_download_slot(token, self.id)
+  if not ok then return nil, err end
+  held = 1
+  ok, err = start_next()
+  if not ok then return abandon(err) end
+  while next_k <= n and sched:try_acquire(client._downloads) do
+    held = held + 1
+    ok, err = start_next()
+    if not ok then return abandon(err) end
+  end
+
   local results, first_err = {}, nil
-  for k, req in ipairs(requests) do
+  for k = 1, n do
+    local req = requests[k] -- started: each image awaited hands its slot to the next one
     local res = sched:await(req, token)
     sched:watch_progress(req, nil)
-    if res == scheduler_cancelled then
-      stop_all()
-      return nil, errors.cancelled(self.id)
+    requests[k] = nil
+    if res == scheduler_cancelled then return abandon(errors.cancelled(self.id)) end
+    local out, ferr = download.outcome(res, images[k], self.id)
+    if out then results[#results + 1] = out elseif not first_err then first_err = ferr end
+    if next_k <= n then
+      ok, err = start_next()
+      if not ok then return abandon(err) end
+    else
+      held = held - 1
+      client:_download_done()
     end
-    local out, err = download.outcome(res, images[k], self.id)
-    if out then results[#results + 1] = out elseif not first_err then first_err = err end
   end
   if first_err then
     first_err.paths = results -- what was saved before the failure stays, complete

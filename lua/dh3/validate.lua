@@ -78,6 +78,58 @@ function M.task_input(input, level)
   return body
 end
 
+-- {======================================================================
+-- Numbers of options: the one place that says which values a number option takes
+-- ======================================================================
+
+-- The longest time any timeout may be: what the C core (and libcurl's 32-bit milliseconds) take.
+M.MAX_SECONDS = 2000000
+
+-- The shortest pause between two status reads of one task: a smaller one floods the service.
+M.MIN_INTERVAL = 0.01
+
+local function finite(v) return v == v and v > -math.huge and v < math.huge end
+
+-- Each rule: (value) -> true when acceptable, and the phrase that says what is.
+local RULES = {
+  seconds = { function(v) return finite(v) and v > 0 and v <= M.MAX_SECONDS end,
+    ("a number of seconds above 0 and at most %d"):format(M.MAX_SECONDS) },
+  duration = { function(v) return finite(v) and v >= 0 and v <= M.MAX_SECONDS end,
+    ("a number of seconds from 0 to %d"):format(M.MAX_SECONDS) },
+  interval = { function(v) return finite(v) and v >= M.MIN_INTERVAL and v <= M.MAX_SECONDS end,
+    ("a number of seconds from %g to %d"):format(M.MIN_INTERVAL, M.MAX_SECONDS) },
+  count = { function(v) return math.type(v) == "integer" and v >= 0 end, "a whole number >= 0" },
+  positive_count = { function(v) return math.type(v) == "integer" and v >= 1 end, "a whole number >= 1" },
+}
+
+--- Raises (at `level` as seen from here) unless each field of `t` named in `rules` ({field =
+-- rule name}) is nil or takes a value its rule accepts. Types are check_table's: call it first.
+function M.check_numbers(what, t, rules, level)
+  for field, rule_name in pairs(rules) do
+    local v = t[field]
+    if v ~= nil then
+      local rule = RULES[rule_name]
+      if type(v) ~= "number" or not rule[1](v) then
+        error(("%s: %s must be %s, got %s"):format(what, field, rule[2], tostring(v)), level)
+      end
+    end
+  end
+end
+
+--- The options of every wait for tasks (task:wait, client:wait_all, watch, as_completed,
+-- wait_any): their types and their values, checked in one place.
+M.WAIT_RULES = { timeout = "duration", interval = "interval", max_interval = "interval",
+  max_concurrency = "positive_count" }
+
+-- }======================================================================
+
+--- `url` with any user name and password replaced by "***" (for display and for what is written
+-- to disk: a URL may carry credentials, which are as secret as the API key).
+function M.redact_url(url)
+  if type(url) ~= "string" then return url end
+  return (url:gsub("^(%a[%w+.-]*://)[^/?#]*@", "%1***@"))
+end
+
 -- A task id goes into a URL: keep it to what ids look like.
 function M.task_id(id)
   return type(id) == "string" and #id >= 1 and #id <= 128 and not id:find("[^%w%-_%.]")

@@ -25,8 +25,13 @@ function Job:elapsed(at)
   return (self.ended or at or core.now()) - self.started
 end
 
-local function fail(job, reporter, err)
+local function fail(job, reporter, err, plan)
   job.err = err
+  if plan.stopping and err.kind == "cancelled" then
+    -- stopped by Ctrl-C: the run's end says what became of it, once, for every job
+    job.code, job.phase = exitcode.INTERRUPTED, "stopped"
+    return
+  end
   job.code = exitcode.for_error(err)
   job.phase = err.kind == "task_failed" and "failed" or err.kind == "timeout" and "timeout" or "error"
   reporter:error(err, job)
@@ -45,7 +50,7 @@ local function download(job, plan, reporter)
     job.saved_bytes = (job.saved_bytes or 0) + task.images[i].file_size
   end
   job.paths = paths or err.paths
-  if not paths then return fail(job, reporter, err) end
+  if not paths then return fail(job, reporter, err, plan) end
   job.phase, job.code = "saved", exitcode.OK
 end
 
@@ -57,8 +62,10 @@ local function run_job(client, job, plan, reporter)
   if job.input then
     job.phase = "creating"
     task, err = client:create(job.input)
-    if not task then return fail(job, reporter, err) end
+    if not task then return fail(job, reporter, err, plan) end
     job.task, job.phase = task, task.state
+    -- with a journal, pending until its images are saved: a crash before then leaves it to resume
+    if plan.dest and not plan.no_wait then task:_expect_download() end
     reporter:created(job)
     if plan.no_wait then
       job.phase, job.code = "created", exitcode.OK
@@ -71,7 +78,7 @@ local function run_job(client, job, plan, reporter)
   if plan.status_only then
     job.phase = "reading"
     local state, serr = task:status()
-    if not state then return fail(job, reporter, serr) end
+    if not state then return fail(job, reporter, serr, plan) end
     job.phase, job.code, job.status_only = state, exitcode.OK, true
     job.summary = plan.summary(task)
     reporter:state(job)
@@ -81,7 +88,7 @@ local function run_job(client, job, plan, reporter)
     job.phase = t.state
     reporter:state(job)
   end }
-  if not ok then return fail(job, reporter, werr) end
+  if not ok then return fail(job, reporter, werr, plan) end
   if not plan.dest then
     job.code = exitcode.OK
     return
@@ -89,9 +96,11 @@ local function run_job(client, job, plan, reporter)
   download(job, plan, reporter)
 end
 
---- Runs every job concurrently on `client` and returns the worst exit code.
+--- Runs every job concurrently on `client` and returns the worst exit code, or nil when
+-- plan.interrupted() said to stop (the jobs are then left as they are: see cli.lua).
 -- plan: no_wait, status_only, timeout, dest (function(task) -> path; nil: do not download),
--- summary (function(task) -> text, for status).
+-- summary (function(task) -> text, for status), interrupted (function() -> true to stop),
+-- stopping (set by the caller once it stops: cancelled jobs are then not reported one by one).
 -- The reporter gets start(jobs), created/state/progress/saved/error(err, job)/finished(job),
 -- and tick() every `redraw` seconds when `redraw` is given.
 function M.run(client, jobs, plan, reporter, redraw)
@@ -119,7 +128,13 @@ function M.run(client, jobs, plan, reporter, redraw)
       end
     end)
   end
-  client:run()
+  -- the loop, with a look at `plan.interrupted()` (Ctrl-C) between turns: a wait in poll ends
+  -- at the signal, so one turn is short
+  local interrupted = plan.interrupted
+  while client:update() > 0 do
+    if interrupted and interrupted() then return nil end
+    client:sleep(0.25)
+  end
   local code = exitcode.OK
   for _, job in ipairs(jobs) do code = exitcode.worst(code, job.code or exitcode.ERROR) end
   return code
