@@ -503,32 +503,65 @@ describe("the dh3 command", function()
       assert.are.equal(created.events[1].task_id, events_of(resumed, "saved")[1].task_id)
     end)
 
-    it("Ctrl-C with a create in flight: the intent is on disk, and pending and resume report it", function()
-      local slow = emulator.start{ "--latency", "20" } -- no answer comes while the spec runs
-      local path = dir .. "/journal"
-      local errfile = dir .. "/stderr"
-      local words = env_words{ DH3_API_KEY = slow.key, DH3_BASE_URL = slow.url }
+    -- Starts `dh3 generate PROMPT --journal PATH` against `emu`; returns its pipe and pid once its
+    -- create has left (the intent is in the journal).
+    local function generate_until_sent(emu, prompt, path, errfile)
+      local words = env_words{ DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url }
       local p = assert(io.popen("echo $$; exec " .. table.concat(words, " ") .. " lua5.4 bin/dh3 generate "
-        .. sh("an interrupted create") .. " --journal " .. sh(path) .. " 2>" .. sh(errfile)))
+        .. sh(prompt) .. " --journal " .. sh(path) .. " 2>" .. sh(errfile)))
       local pid = assert(tonumber(p:read("l")))
-      local deadline = now() + 5
+      local deadline = now() + 10
       while not (read_file(path) or ""):find('"intent"', 1, true) and now() < deadline do
         os.execute("sleep 0.05")
       end
+      return p, pid
+    end
+
+    it("Ctrl-C with a create in flight: the create brings its id home, which is said and journaled", function()
+      local slow = emulator.start{ "--latency", "1.5", "--queue-time", "30" }
+      local path = dir .. "/journal"
+      local errfile = dir .. "/stderr"
+      local p, pid = generate_until_sent(slow, "an interrupted create", path, errfile)
       os.execute("kill -INT " .. pid)
       local stdout = p:read("a")
       local _, _, code = p:close()
+      local creates = slow:stats().creates
       slow:stop()
       assert.are.equal(130, code)
-      assert.are.equal("", stdout)
-      assert.matches("^dh3: interrupted; 1 create cut off in flight, possibly created, id unknown %(in the "
-        .. "journal: dh3 pending %-%-journal .*%)\n$", read_file(errfile))
+      assert.are.equal(1, creates)
+      local err = read_file(errfile)
+      assert.matches("^dh3: interrupted; letting 1 create already sent bring its id home %(Ctrl%-C again to quit "
+        .. "at once%)\n", err)
+      local id = err:match("still running at the service %(dh3 resume %-%-journal [^)]*%): (%x+)\n$")
+      assert.is_not_nil(id, err)
+      assert.matches('"task_id":"' .. id .. '"', stdout, 1, true)
+      local listed = dh3(nil, "pending", "--journal", path)
+      assert.are.equal("pending", names(listed))
+      assert.are.equal(id, listed.events[1].task_id)
+    end)
+
+    it("a second Ctrl-C quits at once: only then is a create left unanswered, and the journal says so", function()
+      local slow = emulator.start{ "--latency", "20" } -- no answer comes while the spec runs
+      local path = dir .. "/journal"
+      local errfile = dir .. "/stderr"
+      local started = now()
+      local p, pid = generate_until_sent(slow, "a create cut off", path, errfile)
+      os.execute("kill -INT " .. pid)
+      os.execute("sleep 0.3")
+      os.execute("kill -INT " .. pid)
+      p:read("a")
+      local _, how, signal = p:close()
+      slow:stop()
+      assert.are.equal("signal", how)
+      assert.are.equal(2, signal)
+      assert.is_true(now() - started < 15, "it did not wait for the answer")
+      assert.matches("^dh3: interrupted; letting 1 create already sent", read_file(errfile))
       local listed = dh3(nil, "pending", "--journal", path)
       assert.are.equal("unanswered", names(listed))
-      assert.are.equal("an interrupted create", listed.events[1].prompt)
+      assert.are.equal("a create cut off", listed.events[1].prompt)
       local resumed = dh3(env, "resume", "--journal", path)
       assert.are.equal(0, resumed.code, resumed.err)
-      assert.matches("local id " .. listed.events[1].local_id .. ', prompt "an interrupted create"', resumed.err,
+      assert.matches("local id " .. listed.events[1].local_id .. ', prompt "a create cut off"', resumed.err,
         nil, true)
     end)
 
