@@ -600,6 +600,17 @@ describe("dh3-emulator", function()
     end)
     teardown(function() emu:stop() end)
 
+    it("names a task's image as {emu:file_name=NAME} says, serving it at its usual URL", function()
+      local status, created = create(emu, { prompt = "named {emu:file_name=runs.journal}" })
+      assert.are.equal(200, status)
+      local image = wait_done(emu, created.task_id).images[1]
+      assert.are.equal("runs.journal", image.file_name)
+      assert.are.equal(emu.url .. "/files/" .. created.task_id .. ".png", image.url)
+      local fstatus, bytes = download(emu, image.url)
+      assert.are.equal(200, fstatus)
+      assert.are.equal(tonumber(image.file_size), #bytes)
+    end)
+
     it("fails a task marked {emu:fail} with Upstream model error", function()
       local out = make_image(emu, { prompt = "doomed {emu:fail}" })
       assert.are.equal("fail", out.status)
@@ -797,7 +808,8 @@ describe("dh3-emulator", function()
     teardown(function() emu:stop() end)
     before_each(function() emu:reset() end)
     after_each(function()
-      emu:config{ fault_5xx = 0, fault_429 = 0, fault_drop = 0, fault_malformed = 0, latency = 0 }
+      emu:config{ fault_5xx = 0, fault_429 = 0, fault_drop = 0, fault_malformed = 0, fault_create_close = 0,
+                  latency = 0 }
     end)
 
     it("answers 503 task not created on create and 500/502/503 on get for fault_5xx", function()
@@ -841,6 +853,31 @@ describe("dh3-emulator", function()
       assert.are.equal(0, stats.creates)
       assert.are.equal(2, stats.faults.drop)
       assert.are.equal(1, count(stats, "GET /api/v1/task/get", "dropped"))
+    end)
+
+    it("takes a create, then closes its connection unanswered, for --fault-create-close", function()
+      local e = emulator.start{ "--fault-create-close", "1", "--queue-time", "0", "--process-time", "0" }
+      local ok, err = pcall(function()
+        local body = cjson.encode{ model = MODEL, nano_banana_pro_input = { prompt = "taken, never answered" } }
+        local sock = raw(e)
+        sock:send(("POST /api/v1/task/create HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+          .. "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"):format(e.key, #body, body))
+        local line, rerr = sock:receive("*l")
+        sock:close()
+        assert.is_nil(line)
+        assert.are.equal("closed", rerr)
+        -- a create refused anyway is answered; a read is never affected
+        assert.are.equal(401, (create(e, nil, nil, "not-the-key")))
+        assert.are.equal(404, (get(e, ("0"):rep(32))))
+        local stats = e:stats()
+        assert.are.equal(1, stats.creates) -- the task was made
+        assert.are.equal(1, stats.tasks.success)
+        assert.are.equal(1, stats.faults.create_close)
+        assert.are.equal(1, count(stats, "POST /api/v1/task/create", "closed"))
+        assert.are.equal(1, count(stats, "POST /api/v1/task/create", 401))
+      end)
+      e:stop()
+      assert(ok, err)
     end)
 
     it("answers 200 with truncated JSON for fault_malformed", function()
@@ -1011,7 +1048,7 @@ describe("dh3-emulator", function()
       local stats = emu:stats()
       assert.are.equal(1, stats.creates)
       assert.are.same({ queuing = 0, processing = 0, success = 1, fail = 0 }, stats.tasks)
-      assert.are.same({ ["5xx"] = 0, ["429"] = 0, drop = 0, malformed = 0 }, stats.faults)
+      assert.are.same({ ["5xx"] = 0, ["429"] = 0, drop = 0, malformed = 0, create_close = 0 }, stats.faults)
       assert.are.same({ attempts = 0, delivered = 0, failed = 0, dropped = 0, log = {} }, stats.callbacks)
       assert.are.equal(1, count(stats, "POST /api/v1/task/create", 200))
       assert.is_true(count(stats, "GET /api/v1/task/get", 200) >= 1)
@@ -1142,7 +1179,8 @@ describe("dh3-emulator", function()
       for _, word in ipairs{ "--host", "--port", "--keys", "--credits", "--create-qps", "--queue-time",
         "--process-time", "--fail-rate", "--seed", "--latency", "--fault-5xx", "--fault-429", "--fault-drop",
         "--fault-malformed", "--errors-in-body", "--callback-timeout", "--callback-retry-delay",
-        "--idle-timeout", "{emu:fail}", "{emu:fail=MESSAGE}", "{emu:success}", "{emu:queue=S}", "{emu:process=S}" } do
+        "--idle-timeout", "{emu:fail}", "{emu:fail=MESSAGE}", "{emu:success}", "{emu:queue=S}", "{emu:process=S}",
+        "--fault-create-close", "{emu:file_name=NAME}" } do
         assert.is_truthy(help:find(word, 1, true), word)
       end
     end)

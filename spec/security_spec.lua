@@ -721,13 +721,14 @@ describe("dh3 security", function()
       end)
     end
 
-    it("replace a symbolic link already at the destination instead of writing through it", function()
+    it("neither write through nor replace a symbolic link already at the destination", function()
       local target = outside .. "/precious"
       write_file(target, "precious")
       assert(os.execute(("ln -s %s %s"):format(sh(target), sh(dir .. "/evil.png"))))
-      local paths = download(1) -- "../../evil.png", made "evil.png"
-      assert.are.equal(dir .. "/evil.png", paths[1])
+      local paths = download(1) -- "../../evil.png", made "evil.png", which is taken
+      assert.are.equal(dir .. "/evil-2.png", paths[1])
       assert.are.equal("precious", read_file(target))
+      assert.is_true(os.execute("test -L " .. sh(dir .. "/evil.png")))
       assert.is_true(os.execute("test -f " .. sh(paths[1]) .. " && test ! -L " .. sh(paths[1])))
       os.remove(target)
     end)

@@ -8,7 +8,8 @@
 **   request.c  "dh3.request": one transfer (options, callbacks, memory body or
 **              streamed temp file, the result facts)
 **   json.c     the JSON bridge over a private lua-cjson instance
-**   journal.c  "dh3.journal_file": the journal's lock, durable appends, atomic rewrite
+**   journal.c  "dh3.journal_file": the journal's lock (on its inode), durable appends,
+**              atomic rewrite, reading without a lock
 **
 ** Only luaopen_dh3_core is exported; everything here has hidden visibility.
 */
@@ -128,6 +129,8 @@ struct dh3_request {
   int to_file; /* the current response is 2xx: its body goes to fp */
   int finalized;
   int write_errno;
+  int io_failed;  /* a local file could not be made, written or given its name */
+  char *io_error; /* ... and why (DH3_NOTE_SIZE bytes), or NULL when out of memory */
 
   /* the current response's header facts, reset on each status line */
   long status_seen;

@@ -13,7 +13,20 @@
 ** Body routing: a 2xx response of a download goes to the temp file; anything else (an
 ** API call, or a download's error answer) goes to the memory buffer, capped at max_body,
 ** so the error text is available and the destination is never touched by it.
+**
+** Placing a download: the finished temp file gets the destination's name only where no file
+** is: renameat2(RENAME_NOREPLACE) where the system has it, else link() then unlink() of the
+** temp name. Both fail with EEXIST instead of replacing, atomically, so a file that appears
+** at the destination at any moment (the user's, a symbolic link, another download's) is never
+** replaced nor written through; the download then takes the next free name, "stem-2.ext",
+** "stem-3.ext", ..., and the result's path says which.
+**
+** A create goes out once: see dh3_request_setup.
 */
+/* renameat2 and RENAME_NOREPLACE (glibc >= 2.28) are GNU extensions */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "dh3.h"
 
 #include <errno.h>
@@ -21,8 +34,13 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#if defined(__GLIBC__) && defined(RENAME_NOREPLACE) && defined(AT_FDCWD)
+#define DH3_HAVE_RENAMEAT2 1
+#endif
 
 enum { DH3_METHOD_GET = 0, DH3_METHOD_POST, DH3_METHOD_HEAD };
 static const char *const dh3_request_method_names[] = {"GET", "POST", "HEAD", NULL};
@@ -38,6 +56,7 @@ static const char *const dh3_request_fields[] = {
 
 #define DH3_MAX_HEADERS 100 /* request headers a caller may add */
 #define DH3_TEMP_SUFFIX ".part-XXXXXX"
+#define DH3_MAX_FREE_NAME 1000 /* "stem-2.ext" .. "stem-1000.ext": then the download fails */
 
 /* Like mkstemp, but the file gets the mode an ordinary new file would (0666 less the umask):
    mkstemp's 0600 would leave every downloaded image readable by its owner only, and reading
@@ -282,6 +301,20 @@ static void dh3_request_note(dh3_request *req, const char *fmt, ...) {
   va_end(ap);
 }
 
+/* A local file failure (the temp file, the destination): noted like any failure, and kept
+   apart in io_error as well, so that the caller can tell a full disk or a missing folder from
+   a network failure. */
+static void dh3_request_io_fail(dh3_request *req, const char *fmt, ...) {
+  va_list ap;
+  req->io_failed = 1;
+  if (req->io_error == NULL && (req->io_error = malloc(DH3_NOTE_SIZE)) != NULL) {
+    va_start(ap, fmt);
+    vsnprintf(req->io_error, DH3_NOTE_SIZE, fmt, ap);
+    va_end(ap);
+  }
+  if (req->io_error != NULL) dh3_request_note(req, "%s", req->io_error);
+}
+
 static long dh3_request_parse_status(const char *buf, size_t len) {
   size_t i = 5; /* after "HTTP/" */
   long code = 0;
@@ -365,7 +398,7 @@ size_t dh3_request_on_header(char *buf, size_t size, size_t nitems, void *userda
   int ok = 1;
   if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
     if (!dh3_request_new_response(req, dh3_request_parse_status(buf, len))) {
-      dh3_request_note(req, "cannot write the temporary file: %s", strerror(req->write_errno));
+      dh3_request_io_fail(req, "cannot write the temporary file: %s", strerror(req->write_errno));
       return 0;
     }
   }
@@ -405,7 +438,7 @@ size_t dh3_request_on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
   if (req->to_file) {
     if (fwrite(ptr, 1, len, req->fp) != len) {
       req->write_errno = errno;
-      dh3_request_note(req, "cannot write the temporary file: %s", strerror(errno));
+      dh3_request_io_fail(req, "cannot write the temporary file: %s", strerror(req->write_errno));
       return 0;
     }
   } else {
@@ -481,6 +514,26 @@ static CURLcode dh3_request_setup(dh3_request *req, const dh3_request_opts *o) {
     easy->big_buffer = o->download_to != NULL;
     DH3_SET(CURLOPT_BUFFERSIZE, easy->big_buffer ? 128L * 1024L : (long)CURL_MAX_WRITE_SIZE);
   }
+  /* A POST (a create: not idempotent, it costs money) leaves once, or not at all. libcurl
+     sends a request again by itself, on a new connection, when the connection it reused dies
+     before any byte of the answer (Curl_retry_request: "Connection died, retrying a fresh
+     connect"): a server that took the create and then closed would make a second task. So a
+     POST never goes on a reused connection: FRESH_CONNECT opens one for it, and HTTP/1.1
+     keeps that connection its own until the answer is in (no other transfer can join it, as
+     one could join an HTTP/2 connection, and mark it reused while the create waits). The
+     only other resend, an HTTP/2 REFUSED_STREAM, is for a stream the server did not process
+     (RFC 9113, 8.7), and HTTP/1.1 has none. Once answered, the connection goes to the cache:
+     a later read may reuse it, which is safe. A pooled handle keeps its options, so every
+     request sets both, back to a read's values when it is not a POST. */
+  DH3_SET(CURLOPT_FRESH_CONNECT, o->method == DH3_METHOD_POST ? 1L : 0L);
+  /* refused only by a libcurl without HTTP/2, which then speaks HTTP/1.1 anyway */
+  (void)curl_easy_setopt(h, CURLOPT_HTTP_VERSION, o->method == DH3_METHOD_POST
+                                                  ? (long)CURL_HTTP_VERSION_1_1
+                                                  : (long)CURL_HTTP_VERSION_2TLS);
+#if LIBCURL_VERSION_NUM >= 0x081000
+  /* libcurl 8.16 can say the same directly; ignored by an older library at run time */
+  (void)curl_easy_setopt(h, CURLOPT_FORBID_RETRY_ON_REUSE, o->method == DH3_METHOD_POST ? 1L : 0L);
+#endif
   /* 0: no overall limit, and libcurl's default for the connection */
   DH3_SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
   DH3_SET(CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
@@ -512,7 +565,90 @@ void dh3_request_drop_transfer(dh3_request *req) {
   req->to_file = 0;
 }
 
-/* A download that ended: the temp file becomes the destination, or disappears. */
+/* Gives the file at tmp the name path, unless something already has that name: 0, or an
+   errno (EEXIST: the name is taken, nothing changed). The temp name is gone after a 0. */
+static int dh3_request_place_at(const char *tmp, const char *path) {
+  int fd, err;
+#ifdef DH3_HAVE_RENAMEAT2
+  if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0) return 0;
+  /* EINVAL: a file system without the flag; ENOSYS: a kernel without the call */
+  if (errno != EINVAL && errno != ENOSYS) return errno;
+#endif
+  if (link(tmp, path) == 0) {
+    /* Both names are ours now and hold the same bytes. Should the temp name stay (it cannot
+       really fail: we made it, in a folder we just wrote to), it is a stray copy, no loss. */
+    (void)unlink(tmp);
+    return 0;
+  }
+  err = errno;
+  if (err != EPERM && err != ENOTSUP && err != EOPNOTSUPP && err != ENOSYS)
+    return err;
+  /* A file system without hard links (FAT, some network shares): claim the name with an
+     empty file of our own (O_EXCL: never one that was there), then rename over that one. */
+  fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) return errno;
+  close(fd);
+  if (rename(tmp, path) == 0) return 0;
+  err = errno;
+  (void)unlink(path);
+  return err;
+}
+
+/* "DIR/stem-k.ext" for dest "DIR/stem.ext" ("DIR/name-k" without an extension; a leading dot
+   does not start one), or NULL when out of memory. */
+static char *dh3_request_nth_name(const char *dest, int k) {
+  const char *base = strrchr(dest, '/');
+  const char *dot;
+  size_t n = strlen(dest), stem;
+  char *p;
+  base = base != NULL ? base + 1 : dest;
+  dot = strrchr(base, '.');
+  stem = dot != NULL && dot > base ? (size_t)(dot - dest) : n;
+  p = malloc(n + 16);
+  if (p != NULL) snprintf(p, n + 16, "%.*s-%d%s", (int)stem, dest, k, dest + stem);
+  return p;
+}
+
+/* Moves the finished temp file to req->dest, or to the first free name after it: 1, with
+   req->dest the path written; or 0, with the failure noted (io_error). */
+static int dh3_request_place(dh3_request *req) {
+  char *path = req->dest;
+  int k, err;
+  for (k = 1; k <= DH3_MAX_FREE_NAME; k++) {
+    if (k > 1 && (path = dh3_request_nth_name(req->dest, k)) == NULL) {
+      dh3_request_io_fail(req, "out of memory for a file name");
+      return 0;
+    }
+    err = dh3_request_place_at(req->tmp, path);
+    if (err == 0) {
+      if (path != req->dest) {
+        free(req->dest);
+        req->dest = path;
+      }
+      return 1;
+    }
+    if (err != EEXIST) dh3_request_io_fail(req, "cannot rename %s to %s: %s", req->tmp, path,
+                                           strerror(err));
+    if (path != req->dest) free(path);
+    if (err != EEXIST) return 0;
+    if (k == 1) {
+      /* a folder where the file should go: a caller's mistake (the Lua layer saves into a
+         folder under a name of its own), not a name to step around */
+      struct stat st;
+      if (lstat(req->dest, &st) == 0 && S_ISDIR(st.st_mode)) {
+        dh3_request_io_fail(req, "cannot rename %s to %s: %s", req->tmp, req->dest,
+                            strerror(EISDIR));
+        return 0;
+      }
+    }
+  }
+  dh3_request_io_fail(req, "cannot save %s: it and the next %d names are taken", req->dest,
+                      DH3_MAX_FREE_NAME - 1);
+  return 0;
+}
+
+/* A download that ended: the temp file gets its own name, never one a file already has, or
+   disappears. */
 static void dh3_request_finalize(dh3_request *req) {
   FILE *fp = req->fp;
   int good = req->code == CURLE_OK && req->to_file && DH3_IS_2XX(req->status_seen) &&
@@ -531,15 +667,12 @@ static void dh3_request_finalize(dh3_request *req) {
                      CURL_FORMAT_CURL_OFF_T, req->bytes, req->content_length_n);
   }
   /* fclose flushes: a full disk shows up here. No fsync: it can stall the caller's
-     frame for a long time, and rename() is atomic for readers without it. */
+     frame for a long time, and the new name appears atomically for readers without it. */
   if (fp != NULL && fclose(fp) != 0 && good) {
     good = 0;
-    dh3_request_note(req, "cannot write %s: %s", req->tmp, strerror(errno));
+    dh3_request_io_fail(req, "cannot write %s: %s", req->tmp, strerror(errno));
   }
-  if (good && rename(req->tmp, req->dest) != 0) {
-    good = 0;
-    dh3_request_note(req, "cannot rename %s to %s: %s", req->tmp, req->dest, strerror(errno));
-  }
+  if (good && !dh3_request_place(req)) good = 0;
   if (good) {
     req->finalized = 1;
   } else {
@@ -619,7 +752,8 @@ static void dh3_request_close(lua_State *L, int ud, dh3_request *req) {
   dh3_request_drop_transfer(req);
   free(req->note);
   free(req->detail);
-  req->note = req->detail = NULL;
+  free(req->io_error);
+  req->note = req->detail = req->io_error = NULL;
   free(req->body);
   free(req->dest);
   free(req->retry_after);
@@ -629,9 +763,10 @@ static void dh3_request_close(lua_State *L, int ud, dh3_request *req) {
   req->closed = 1;
 }
 
-/* Undoes a request that could not start: pushes nil, message. */
-static int dh3_request_fail(lua_State *L, dh3_engine *e, dh3_request *req, const char *fmt,
-                            ...) {
+/* Undoes a request that could not start: pushes nil, message, and kind when not NULL ("io":
+   a local file, not the request, is what failed). */
+static int dh3_request_fail(lua_State *L, dh3_engine *e, dh3_request *req, const char *kind,
+                            const char *fmt, ...) {
   va_list ap;
   if (req->easy != NULL) {
     dh3_engine_give_easy(e, req->easy); /* never added to the multi handle */
@@ -643,7 +778,9 @@ static int dh3_request_fail(lua_State *L, dh3_engine *e, dh3_request *req, const
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
   va_end(ap);
-  return 2;
+  if (kind == NULL) return 2;
+  lua_pushstring(L, kind);
+  return 3;
 }
 
 /* engine:request{...} -> request | nil, errmsg. Stack: 1 engine (checked open), 2 options. */
@@ -675,7 +812,7 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
     req->dest = malloc(n + 1);
     req->tmp = malloc(n + sizeof(DH3_TEMP_SUFFIX));
     if (req->dest == NULL || req->tmp == NULL)
-      return dh3_request_fail(L, e, req, "out of memory");
+      return dh3_request_fail(L, e, req, NULL, "out of memory");
     memcpy(req->dest, o.download_to, n + 1);
     memcpy(req->tmp, o.download_to, n);
     memcpy(req->tmp + n, DH3_TEMP_SUFFIX, sizeof(DH3_TEMP_SUFFIX));
@@ -686,15 +823,15 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
       int err = errno;
       free(req->tmp); /* only a template: nothing to unlink */
       req->tmp = NULL;
-      return dh3_request_fail(L, e, req, "cannot create a temporary file for %s: %s",
+      return dh3_request_fail(L, e, req, "io", "cannot create a temporary file for %s: %s",
                               req->dest, strerror(err));
     }
     req->fp = fdopen(fd, "wb");
     if (req->fp == NULL) {
       int err = errno;
       close(fd);
-      return dh3_request_fail(L, e, req, "cannot open a temporary file for %s: %s", req->dest,
-                              strerror(err));
+      return dh3_request_fail(L, e, req, "io", "cannot open a temporary file for %s: %s",
+                              req->dest, strerror(err));
     }
   }
   { /* the header list: the caller's headers (at most DH3_MAX_HEADERS), then ours */
@@ -712,20 +849,20 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
     if (o.method == DH3_METHOD_POST && !o.user_expect) lines[n++] = "Expect:";
     if (!o.user_agent) lines[n++] = e->ua_header;
     req->headers = dh3_engine_headers(e, lines, n);
-    if (req->headers == NULL) return dh3_request_fail(L, e, req, "out of memory");
+    if (req->headers == NULL) return dh3_request_fail(L, e, req, NULL, "out of memory");
   }
 
   req->easy = dh3_engine_take_easy(e, &rc);
   if (req->easy == NULL)
-    return dh3_request_fail(L, e, req, "cannot make a libcurl handle: %s",
+    return dh3_request_fail(L, e, req, NULL, "cannot make a libcurl handle: %s",
                             rc != CURLE_OK ? curl_easy_strerror(rc) : "out of memory");
   rc = dh3_request_setup(req, &o);
   if (rc != CURLE_OK)
-    return dh3_request_fail(L, e, req, "cannot set up the request: %s", curl_easy_strerror(rc));
+    return dh3_request_fail(L, e, req, NULL, "cannot set up the request: %s", curl_easy_strerror(rc));
 
   mc = curl_multi_add_handle(e->multi, req->easy->curl);
   if (mc != CURLM_OK)
-    return dh3_request_fail(L, e, req, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
+    return dh3_request_fail(L, e, req, NULL, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
   req->engine = e;
   req->state = DH3_REQ_ACTIVE;
   dh3_engine_link_active(e, req);
@@ -824,6 +961,11 @@ void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "size_mismatch");
   }
+  if (req->io_failed) {
+    /* a local failure, not the network's: the caller reports it as such */
+    dh3_request_set_string(L, "io_error", req->io_error != NULL ? req->io_error
+                                          : "a local file could not be written");
+  }
   if (req->finalized) dh3_request_set_string(L, "path", req->dest);
 }
 
@@ -834,7 +976,8 @@ void dh3_request_delivered(dh3_request *req) {
   free(req->body); /* now a Lua string in the result, as the note and detail are */
   free(req->note);
   free(req->detail);
-  req->body = req->note = req->detail = NULL;
+  free(req->io_error);
+  req->body = req->note = req->detail = req->io_error = NULL;
   req->body_len = req->body_cap = 0;
 }
 /* }====================================================================== */

@@ -1,6 +1,11 @@
 -- Where result images land on disk. The bytes themselves stream from libcurl into a temporary
--- file beside the destination and are renamed into place by the C core (src/request.c); this
+-- file beside the destination and are given their name by the C core (src/request.c); this
 -- module picks safe destinations and turns a finished download into a path or an error.
+--
+-- A download never replaces a file it did not create in this call: the paths planned here are
+-- wishes. The C core gives a finished file its planned name only if nothing has that name at
+-- that moment (atomically: a file that appears meanwhile is not replaced either), and otherwise
+-- the next free one, "stem-2.ext", "stem-3.ext", ...; the path it returns is the one written.
 local errors = require "dh3.errors"
 
 local M = {}
@@ -38,8 +43,9 @@ function M.is_directory(path)
   return code == 21 -- EISDIR
 end
 
---- The destination paths for `images` given `dest` (a folder, or a file path).
--- With a file path and several images, the second and later get -2, -3 before the extension.
+--- The destination paths for `images` given `dest` (a folder, or a file path): distinct, so that
+-- two images of one call never aim at one name. With a file path and several images, the second
+-- and later get -2, -3 before the extension (as the C core names a taken path's next names).
 function M.plan(task_id, images, dest)
   local paths = {}
   if dest:sub(-1) == "/" or M.is_directory(dest) then
@@ -67,7 +73,8 @@ function M.plan(task_id, images, dest)
       if i == 1 then
         paths[i] = dest
       else
-        local stem, ext = dest:match("^(.-)(%.[^./]*)$")
+        -- the extension: from the last dot of the file's own name, unless that dot starts it
+        local stem, ext = dest:match("^(.*[^/])(%.[^./]*)$")
         paths[i] = (stem or dest) .. "-" .. i .. (ext or "")
       end
     end
@@ -80,6 +87,10 @@ end
 function M.outcome(res, image, task_id)
   if res.ok and res.status >= 200 and res.status <= 299 then return res.path or res.body end
   local fields = { task_id = task_id, http_status = res.status ~= 0 and res.status or nil }
+  if res.io_error then
+    -- the local file (a full disk, a missing folder, no free name), not the network, failed
+    return nil, errors.new("io", "saving " .. image.url .. ": " .. errors.sanitize(res.io_error, 300), fields)
+  end
   if res.curl_code ~= 0 and not res.too_large then
     fields.curl_error = res.curl_error
     local kind = res.curl_error == "OPERATION_TIMEDOUT" and "timeout" or "network"

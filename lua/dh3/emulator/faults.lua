@@ -1,12 +1,27 @@
 -- Injected faults, for testing clients against a misbehaving service. A fault replaces the
--- handling of an API request entirely: nothing is created, nothing is charged. Rolls come from
--- their own seeded stream, so with --seed the same request sequence meets the same faults.
+-- handling of an API request entirely: nothing is created, nothing is charged. All but one:
+-- "create_close" lets a create be handled as usual (the task is made, counted and charged) and
+-- then closes its connection without the answer, so the client cannot know the id: what a
+-- crash or a proxy's timeout does to a create that was taken. Rolls come from their own seeded
+-- stream, so with --seed the same request sequence meets the same faults.
 local M = {}
 
 -- Rolled in this order; the first that hits wins.
-M.KINDS = { "drop", "5xx", "429", "malformed" }
+M.KINDS = { "drop", "5xx", "429", "malformed", "create_close" }
 
-local OPTION = { drop = "fault_drop", ["5xx"] = "fault_5xx", ["429"] = "fault_429", malformed = "fault_malformed" }
+local OPTION = {
+  drop = "fault_drop", ["5xx"] = "fault_5xx", ["429"] = "fault_429", malformed = "fault_malformed",
+  create_close = "fault_create_close",
+}
+
+-- Kinds that apply to one endpoint only; the others are not rolled for it (a rate of 0 draws
+-- nothing either, so adding a kind does not shift a seeded sequence that does not use it).
+local ONLY = { create_close = "create" }
+
+--- True when kind lets the request be handled, and only the answer is lost.
+function M.after_handling(kind)
+  return kind == "create_close"
+end
 
 local GET_5XX = {
   { 500, "internal server error" },
@@ -14,10 +29,11 @@ local GET_5XX = {
   { 503, "service unavailable" },
 }
 
---- The fault to inject for one request, or nil.
-function M.roll(rng, opts)
+--- The fault to inject for one request to endpoint ("create" or "get"), or nil.
+function M.roll(rng, opts, endpoint)
   for _, kind in ipairs(M.KINDS) do
-    if rng:chance(opts[OPTION[kind]]) then return kind end
+    local only = ONLY[kind]
+    if (only == nil or only == endpoint) and rng:chance(opts[OPTION[kind]]) then return kind end
   end
   return nil
 end

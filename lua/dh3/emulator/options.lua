@@ -17,10 +17,14 @@ M.SPECS = {
   { "fail_rate", "rate", 0, "share of tasks that fail with \"Upstream model error\" (0..1)", runtime = true },
   { "seed", "integer", nil, "makes every random choice reproducible (outcomes, faults, colours, ids)" },
   { "latency", "seconds", 0, "extra seconds before each API answer (other connections go on)", runtime = true },
+  { "create_answer_delay", "seconds", 0, "seconds a create's answer is held after its task exists "
+    .. "(its callback may come first)", runtime = true },
   { "fault_5xx", "rate", 0, "share of API requests answered 503 (create) or 500/502/503 (get)", runtime = true },
   { "fault_429", "rate", 0, "share of API requests answered 429 with Retry-After: 1", runtime = true },
   { "fault_drop", "rate", 0, "share of API requests whose connection is closed unanswered", runtime = true },
   { "fault_malformed", "rate", 0, "share of API requests answered 200 with truncated JSON", runtime = true },
+  { "fault_create_close", "rate", 0, "share of creates taken (the task is made and counted), then "
+    .. "closed unanswered", runtime = true },
   { "errors_in_body", "flag", false, "answer errors as HTTP 200, the code only in the body", runtime = true },
   { "callback_timeout", "positive", 5, "seconds a callback receiver has to answer", runtime = true },
   { "callback_retry_delay", "seconds", 1, "first delay between callback attempts (then x2, x4)", runtime = true },

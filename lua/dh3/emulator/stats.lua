@@ -16,7 +16,7 @@ function M.new(started, inflight)
     requests = {},  -- "METHOD path" -> status string -> count
     creates = 0,
     callbacks = { attempts = 0, delivered = 0, failed = 0, dropped = 0, log = {} },
-    faults = { ["5xx"] = 0, ["429"] = 0, drop = 0, malformed = 0 },
+    faults = { ["5xx"] = 0, ["429"] = 0, drop = 0, malformed = 0, create_close = 0 },
     inflight = { now = inflight or 0, max = inflight or 0 },
     files_with_auth = 0,
   }, Stats)

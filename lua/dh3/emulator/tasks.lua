@@ -8,6 +8,8 @@
 --   {emu:success}         the task succeeds whatever --fail-rate says
 --   {emu:queue=S}         this task queues for S seconds (instead of --queue-time)
 --   {emu:process=S}       this task processes for S seconds (instead of --process-time)
+--   {emu:file_name=NAME}  its image's file_name is NAME (no "}" inside; the URL stays the
+--                         emulator's own), for testing what a client does with the names it gets
 -- When markers contradict each other, the last one wins.
 local contract = require "dh3.contract"
 local images = require "dh3.emulator.images"
@@ -23,12 +25,14 @@ Prompt markers (for tests; the last of contradicting markers wins):
   {emu:fail=MESSAGE}   force it to fail with err_msg MESSAGE
   {emu:success}        force success whatever --fail-rate says
   {emu:queue=S}        queue this task for S seconds instead of --queue-time
-  {emu:process=S}      process it for S seconds instead of --process-time]]
+  {emu:process=S}      process it for S seconds instead of --process-time
+  {emu:file_name=NAME} name its image NAME in the answer (file_name), for tests]]
 
---- The markers in a prompt: {outcome = "fail" | "success" | nil, err_msg, queue, process}.
+--- The markers in a prompt: {outcome = "fail" | "success" | nil, err_msg, queue, process,
+-- file_name}.
 function M.parse_markers(prompt)
   local m = {}
-  for name, eq, value in prompt:gmatch("{emu:(%a+)(=?)([^}]*)}") do
+  for name, eq, value in prompt:gmatch("{emu:([%a_]+)(=?)([^}]*)}") do
     if name == "fail" then
       m.outcome = "fail"
       m.err_msg = (eq == "=" and value ~= "") and value or M.DEFAULT_ERROR
@@ -37,6 +41,8 @@ function M.parse_markers(prompt)
     elseif (name == "queue" or name == "process") and eq == "=" then
       local seconds = tonumber(value)
       if seconds and seconds >= 0 and seconds < math.huge then m[name] = seconds end
+    elseif name == "file_name" and eq == "=" then
+      m.file_name = value
     end
   end
   return m
@@ -78,6 +84,7 @@ function Store:create(key, input, callback_url, now)
     resolution = resolution,
     palette = images.palette(emu.rng.colours),
     callback_url = callback_url,
+    file_name = markers.file_name,
   }
   local ratio = input.aspect_ratio or contract.DEFAULTS.aspect_ratio
   if ratio == "auto" then
@@ -126,8 +133,8 @@ function Store:counts(now)
   return counts
 end
 
---- The file name of a task's image.
-function Store:file_name(task)
+--- The path of a task's image under /files/.
+function Store:file_path(task)
   return task.id .. "." .. task.format
 end
 
@@ -146,12 +153,12 @@ function Store:document(task, now)
   local state = self:state(task, now)
   local output = { task_id = task.id, status = state }
   if state == "success" then
-    local name = self:file_name(task)
+    local name = self:file_path(task)
     local size = task.file_size or #self:image(task)
     output.images = { {
       url = self.emu.public_url .. "/files/" .. name,
       content_type = images.CONTENT_TYPES[task.format],
-      file_name = name,
+      file_name = task.file_name or name,
       file_size = tostring(size),
       width = tostring(task.width),
       height = tostring(task.height),
