@@ -354,7 +354,7 @@ describe("the dh3 command", function()
     before_each(function() dir = tmpdir() end)
     after_each(function() files.rm_rf(dir) end)
 
-    it("generate --journal records each create (intent, created, finished), never the key", function()
+    it("generate --journal records each create (intent, created, saving, finished, saved), never the key", function()
       local path = dir .. "/journal"
       local run = dh3(env, "generate", "a journaled lighthouse", "--journal", path, "--out", dir .. "/")
       assert.are.equal(0, run.code, run.err)
@@ -362,10 +362,13 @@ describe("the dh3 command", function()
       local records = journal_records(path)
       local types = {}
       for i, r in ipairs(records) do types[i] = r.t end
-      assert.are.same({ "intent", "created", "finished" }, types)
+      -- saving as soon as the task exists: a crash before its image is saved leaves it to resume
+      assert.are.same({ "intent", "created", "saving", "finished", "saved" }, types)
       assert.are.equal("a journaled lighthouse", records[1].input.nano_banana_pro_input.prompt)
       assert.are.same({ records[1].lid, id }, { records[2].lid, records[2].id })
-      assert.are.same({ id, "success" }, { records[3].id, records[3].state })
+      assert.are.equal(id, records[3].id)
+      assert.are.same({ id, "success" }, { records[4].id, records[4].state })
+      assert.are.same({ id, events_of(run, "saved")[1].path }, { records[5].id, records[5].paths[1] })
       assert.is_nil(read_file(path):find(emu.key, 1, true))
       assert.is_nil(read_file(path):find("Bearer", 1, true))
     end)
@@ -471,7 +474,7 @@ describe("the dh3 command", function()
       assert.is_nil(read_file(dir .. "/no-such-journal")) -- looking did not create it
     end)
 
-    it("a journal another process holds: a clear error of kind journal, exit 3, and nothing sent", function()
+    it("a journal another process holds: resume and generate refuse (kind journal, exit 3), pending reads", function()
       local path = dir .. "/journal"
       local created = dh3(env, "generate", "--no-wait", "a contested task", "--journal", path)
       assert.are.equal(0, created.code, created.err)
@@ -483,10 +486,11 @@ describe("the dh3 command", function()
       assert.are.equal("holding", holder.pipe:read("l"))
       local before = requests(emu)
       local runs = {
-        dh3(env, "resume", "--journal", path, "--out", dir .. "/"),
-        dh3(env, "pending", "--journal", path),
+        dh3(env, "resume", "--journal", path, "--out", dir .. "/out/"),
         dh3(env, "generate", "a second writer", "--journal", path),
       }
+      -- pending only reads: no lock needed, so a run holding the journal does not stop it
+      local listed = dh3(nil, "pending", "--journal", path)
       os.execute("kill -9 " .. holder.pid)
       holder.pipe:close()
       for _, run in ipairs(runs) do
@@ -496,7 +500,10 @@ describe("the dh3 command", function()
         assert.matches("is in use by process " .. holder.pid, e.message, nil, true)
         assert.matches("^dh3: journal: the journal .* is in use by process " .. holder.pid .. "\n$", run.err)
       end
+      assert.are.equal(0, listed.code, listed.err)
+      assert.are.equal(created.events[1].task_id, listed.events[1].task_id)
       assert.are.equal(before, requests(emu))
+      assert.is_nil(read_file(dir .. "/out")) -- a refused resume made no folder
       -- released by the holder's death: the task is still there to resume
       local resumed = dh3(env, "resume", "--journal", path, "--out", dir .. "/")
       assert.are.equal(0, resumed.code, resumed.err)

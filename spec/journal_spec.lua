@@ -195,6 +195,29 @@ describe("dh3.journal", function()
       j:close()
     end)
 
+    it("never writes the user and password of a URL: a callback_url keeps its scheme, host and path", function()
+      local j = assert(journal.open(path))
+      local input = body("a kite")
+      input.callBackUrl = "https://alice:s3cr3t-pw@hooks.example.com:8443/dh3/hook?x=1"
+      input.image_urls = { "http://bob@img.example.com/a.png", "https://img.example.com/plain.png" }
+      local lid = j:intent(input)
+      j:created(lid, "id-url")
+      j:abandoned(j:intent(body("refused")), "could not reach https://carol:hunter2@proxy.example.com/")
+      j:finished("id-url", "success", { { url = "https://dave:pw-in-url@cdn.example.com/x.png", file_name = "x.png" } })
+      j:close()
+      local text = read_file(path)
+      for _, secret in ipairs({ "alice", "s3cr3t-pw", "bob@", "carol", "hunter2", "dave", "pw-in-url" }) do
+        assert.is_nil(text:find(secret, 1, true), secret)
+      end
+      local recs = records(path)
+      assert.are.equal("https://***@hooks.example.com:8443/dh3/hook?x=1", recs[2].input.callBackUrl)
+      assert.are.same({ "http://***@img.example.com/a.png", "https://img.example.com/plain.png" },
+        recs[2].input.image_urls)
+      assert.are.equal("could not reach https://***@proxy.example.com/", recs[5].reason)
+      assert.are.equal("https://***@cdn.example.com/x.png", recs[6].images[1].url)
+      assert.are.equal("https://alice:s3cr3t-pw@hooks.example.com:8443/dh3/hook?x=1", input.callBackUrl) -- not changed
+    end)
+
     it("raises on a caller's mistake, and on any use once closed", function()
       local j = assert(journal.open(path))
       assert.has_error(function() j:intent("prompt") end, "bad argument #1 to 'intent' (table expected, got string)")
@@ -245,6 +268,163 @@ describe("dh3.journal", function()
       j:intent(body("original"))
       j:pending().unanswered[1].input.nano_banana_pro_input.prompt = "changed"
       assert.are.equal("original", j:pending().unanswered[1].input.nano_banana_pro_input.prompt)
+      j:close()
+    end)
+  end)
+
+  describe("saving() and saved(): a task whose images are being saved", function()
+    local IMAGES = { { url = "http://img/s.png", file_name = "s.png", file_size = 7 } }
+
+    -- the journal's pending tasks by id, without their times
+    local function tasks_of(j)
+      local out = {}
+      for _, t in ipairs(j:pending().tasks) do
+        t.created_at = nil
+        out[#out + 1] = t
+      end
+      return out
+    end
+
+    it("stays pending after it finished with success when saving() came first, until saved()", function()
+      local j = assert(journal.open(path))
+      local lid = j:intent(body("kept"))
+      j:created(lid, "id-s")
+      assert.is_true(j:saving("id-s")) -- before it may even have finished
+      assert.is_true(j:finished("id-s", "success", IMAGES))
+      assert.are.same({ { task_id = "id-s", local_id = lid, input = body("kept"), state = "success",
+        images = IMAGES, saving = true } }, tasks_of(j))
+      assert.is_true(j:saved("id-s", { "/out/s.png" }))
+      assert.are.same({}, j:pending().tasks)
+      local recs = records(path)
+      for _, r in ipairs(recs) do r.at = nil end
+      assert.are.same({ t = "saving", id = "id-s" }, recs[4])
+      assert.are.same({ t = "saved", id = "id-s", paths = { "/out/s.png" } }, recs[6])
+      j:close()
+    end)
+
+    it("stays pending while not finished, whatever was saved, and is settled by finished() after saved()", function()
+      local j = assert(journal.open(path))
+      j:created(j:intent(body("early")), "id-e")
+      j:saving("id-e")
+      assert.are.equal(1, #j:pending().tasks)
+      assert.is_nil(j:pending().tasks[1].state)
+      j:saved("id-e", {})
+      assert.are.equal(1, #j:pending().tasks) -- created, not finished: still pending
+      j:finished("id-e", "success", IMAGES)
+      assert.are.same({}, j:pending().tasks)
+      j:close()
+    end)
+
+    it("is pending again when saving() comes after finished(), until saved()", function()
+      local j = assert(journal.open(path))
+      local lid = j:intent(body("late"))
+      j:created(lid, "id-l")
+      j:finished("id-l", "success", IMAGES)
+      assert.are.same({}, j:pending().tasks)
+      assert.is_true(j:saving("id-l"))
+      assert.are.same({ { task_id = "id-l", local_id = lid, input = body("late"), state = "success",
+        images = IMAGES, saving = true } }, tasks_of(j))
+      j:saved("id-l", { "/out/l.png" })
+      assert.are.same({}, j:pending().tasks)
+      j:close()
+    end)
+
+    it("is settled by a finished() with state fail, before or after saving()", function()
+      local j = assert(journal.open(path))
+      j:created(j:intent(body("fails after")), "id-f1")
+      j:created(j:intent(body("fails before")), "id-f2")
+      j:saving("id-f1")
+      j:finished("id-f1", "fail")
+      j:finished("id-f2", "fail")
+      local size = #read_file(path)
+      assert.is_true(j:saving("id-f2")) -- nothing to save: nothing written
+      assert.are.equal(size, #read_file(path))
+      assert.are.same({}, j:pending().tasks)
+      j:close()
+      j = assert(journal.open(path))
+      assert.are.same({}, j:pending().tasks)
+      j:close()
+    end)
+
+    it("writes nothing twice, nor for a task it does not have, nor a saved() without saving()", function()
+      local j = assert(journal.open(path))
+      j:created(j:intent(body("one")), "id-1")
+      j:created(j:intent(body("two")), "id-2")
+      j:saving("id-1")
+      local size = #read_file(path)
+      assert.is_true(j:saving("id-1"))
+      assert.is_true(j:saving("not-ours"))
+      assert.is_true(j:saved("not-ours", { "/x" }))
+      assert.is_true(j:saved("id-2", { "/x" })) -- no saving() for it
+      assert.are.equal(size, #read_file(path))
+      j:saved("id-1", { "/out/1.png" })
+      size = #read_file(path)
+      assert.is_true(j:saved("id-1", { "/out/1.png" }))
+      assert.is_true(j:saving("id-1")) -- saved already
+      assert.are.equal(size, #read_file(path))
+      assert.has_error(function() j:saving(nil) end, "journal:saving: a task id expected")
+      assert.has_error(function() j:saved("id-1", "/out/1.png") end,
+        "bad argument #2 to 'saved' (table expected, got string)")
+      j:close()
+    end)
+
+    it("gives the same pending state after a reopen, saving before or after finished", function()
+      local j = assert(journal.open(path))
+      j:created(j:intent(body("a")), "id-a")
+      j:created(j:intent(body("b")), "id-b")
+      j:created(j:intent(body("c")), "id-c")
+      j:created(j:intent(body("d")), "id-d")
+      j:saving("id-a")
+      j:finished("id-a", "success", IMAGES) -- saving, then finished: pending
+      j:finished("id-b", "success", IMAGES)
+      j:saving("id-b") -- finished, then saving: pending
+      j:saving("id-c") -- saving, not finished: pending
+      j:saving("id-d")
+      j:finished("id-d", "success", IMAGES)
+      j:saved("id-d", { "/out/d.png" }) -- settled
+      j:intent(body("unanswered"))
+      local before = j:pending()
+      assert.are.same({ "id-a", "id-b", "id-c" },
+        { before.tasks[1].task_id, before.tasks[2].task_id, before.tasks[3].task_id, before.tasks[4] })
+      j:close()
+      j = assert(journal.open(path))
+      assert.are.same(before, j:pending())
+      j:close()
+    end)
+
+    it("keeps every line of a chain being saved through compaction", function()
+      local j = assert(journal.open(path, { compact_at = 6 }))
+      local lid = j:intent(body("saved later"))
+      j:created(lid, "id-k")
+      j:saving("id-k")
+      j:finished("id-k", "success", IMAGES)
+      local chain = read_file(path):sub(#HEADER + 1)
+      for i = 1, 3 do j:abandoned(j:intent(body("dead " .. i)), "refused") end -- 10 records, 4 live: compacted
+      assert.are.same({ records = 4, live = 4, damaged = 0 }, j:stats())
+      assert.are.equal(HEADER .. chain, read_file(path))
+      assert.are.equal("success", j:pending().tasks[1].state)
+      j:saved("id-k", { "/out/k.png" })
+      assert.are.same({}, j:pending().tasks)
+      j:close()
+      j = assert(journal.open(path))
+      assert.are.same({}, j:pending().tasks)
+      j:close()
+    end)
+
+    it("takes back a finished chain that compaction dropped when saving() comes for it", function()
+      local j = assert(journal.open(path, { compact_at = 4 }))
+      local lid = j:intent(body("dropped, then saved"))
+      j:created(lid, "id-d")
+      j:abandoned(j:intent(body("dead")), "refused")
+      j:finished("id-d", "success", IMAGES) -- 5 records, none live: compacted away at once
+      assert.are.equal(HEADER, read_file(path))
+      assert.is_true(j:saving("id-d"))
+      local expected = { { task_id = "id-d", local_id = lid, input = body("dropped, then saved"), state = "success",
+        images = IMAGES, saving = true } }
+      assert.are.same(expected, tasks_of(j))
+      j:close()
+      j = assert(journal.open(path))
+      assert.are.same(expected, tasks_of(j))
       j:close()
     end)
   end)

@@ -186,18 +186,20 @@ end
 local function resume(args, command)
   local path = required_journal(args, command)
   local reporter, redraw = new_reporter(args.json)
-  -- read first for the prompts the rows show (client:pending() gives tasks by id only)
-  local state, err = pending.read(path)
-  if not state then return run_error(reporter, err) end
+  -- the journal first: held by another run, nothing else happens (not even the --out folder)
+  local client, err = dh3.new{ journal = path }
+  if not client then return run_error(reporter, err) end
+  -- the records themselves, for the prompts the rows show (client:pending() gives tasks by id)
+  local state = client._journal:pending()
   local plan = { timeout = args.timeout, summary = summary }
   if #state.tasks > 0 then
     local dest, derr = destination.new(args.out, true)
-    if not dest then usage_error(command, derr) end
+    if not dest then
+      client:close()
+      usage_error(command, derr)
+    end
     plan.dest = dest
   end
-  local client
-  client, err = dh3.new{ journal = path }
-  if not client then return run_error(reporter, err) end
   local tasks, unanswered = client:pending()
   for _, u in ipairs(unanswered) do reporter:unanswered(u) end
   local prompts = {}

@@ -6,18 +6,39 @@
 --   {"t":"created","lid":LID,"id":TASK_ID,"at":T}   as soon as the id arrives
 --   {"t":"abandoned","lid":LID,"reason":S,"at":T}   the create certainly made nothing
 --   {"t":"finished","id":TASK_ID,"state":"success"|"fail","images":[{url,file_name,file_size}],"at":T}
+--   {"t":"saving","id":TASK_ID,"at":T}              the caller means to save the task's images (it
+--                                                   may come before the task has finished, or after)
+--   {"t":"saved","id":TASK_ID,"paths":[...],"at":T} its images are on the disk (paths left out when none)
 -- LID is a local id (32 hex digits from /dev/urandom), T the time in Unix seconds. Every record
 -- is on the disk (fdatasync) before the call that writes it returns.
 --
--- A create's records form a chain (intent, created, finished; or intent, abandoned). A chain is
--- live while it is unsettled: an intent without an answer, or a task created and not finished.
--- Compaction rewrites the file with the live chains only, atomically (see src/journal.c).
+-- A create's records form a chain (intent, created, [saving,] finished, [saving,] [saved]; or
+-- intent, abandoned). A chain is live while it is unsettled: an intent without an answer; a task
+-- created and not finished; or a task whose saving has no saved yet, whether it finished or not
+-- (its images may still be at the service only). A finished with state "fail" settles the chain
+-- even after a saving: there is nothing to save. Compaction rewrites the file with every line of
+-- the live chains only, atomically (see src/journal.c).
+--
+-- saving and saved came after format 1 was first written, and need no new version: a reader that
+-- does not know a record type skips it, so an older dh3 still reads these journals. It takes a
+-- chain whose images were being saved as settled at its finished, though (it forgets the download
+-- a crash cut short, as dh3 did before these records), and its compaction drops such a chain. That
+-- is the price of older versions staying able to read the journal at all, which matters more.
 --
 -- Replay tolerates a torn tail (a crash in the middle of a write): unreadable bytes after the last
 -- readable record are cut away before anything is appended. A complete record that lost only its
 -- newline is kept (it may carry a task id). An unreadable line followed by readable ones is not
 -- something this writer produces (a failed append is cut back at once); it is skipped, counted in
 -- stats().damaged, and the journal is then never compacted, so the evidence stays for a human.
+-- M.read() replays the same way for a reader that must change nothing (dh3 pending): no lock, no
+-- repair; it reports the torn tail instead.
+--
+-- What is written never holds a secret: no field named like one, no value that looks like an
+-- Authorization header (in an intent's input), and in every string of every record, the user
+-- information of a URL ("https://user:password@host/path") becomes "***"
+-- ("https://***@host/path"): scheme, host, port, path and query stay, so a human still sees where
+-- it pointed. The callback_url's secret path segment (dh3.webhook) is not user information and is
+-- kept: the file is mode 0600 (see SECURITY.md).
 local core = require "dh3.core"
 local errors = require "dh3.errors"
 
@@ -54,6 +75,8 @@ local VALID = {
   finished = function(r)
     return is_string(r.id) and is_string(r.state) and (r.images == nil or type(r.images) == "table")
   end,
+  saving = function(r) return is_string(r.id) end,
+  saved = function(r) return is_string(r.id) and (r.paths == nil or type(r.paths) == "table") end,
 }
 
 -- The record on one line, or nil when the line is not one. A well-formed object of a type this
@@ -78,6 +101,25 @@ local function secret_name(k)
     if k:find(p) then return true end
   end
   return false
+end
+
+-- s with the user information of every URL in it replaced by "***": what lies between "scheme://"
+-- and the last "@" of the authority (which ends at the first "/", "?", "#" or space).
+local function redact_userinfo(s)
+  return (s:gsub("(%a[%w+%.%-]*://)([^/?#%s]*)", function(scheme, authority)
+    local at = authority:match("^.*()@")
+    if not at then return nil end
+    return scheme .. "***" .. authority:sub(at)
+  end))
+end
+
+-- A copy of v (a record) with the user information of its URLs redacted, in every string.
+local function redact(v, depth)
+  if type(v) == "string" then return redact_userinfo(v) end
+  if type(v) ~= "table" or depth > 32 then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = redact(x, depth + 1) end
+  return out
 end
 
 -- A copy of v without secret-named fields or values that look like an Authorization header.
@@ -120,8 +162,15 @@ end
 -- {======================================================================
 -- The state in memory: one entry per chain, in the order of their intents
 -- ======================================================================
+-- An entry: lid, lines (its records' lines, in order), state ("intent", "created", "abandoned" or
+-- "finished"), input, at, task_id, created_at, result and images (of its finished record), saving
+-- and saved (whether such records came), paths (of its saved record).
 
-local function is_live(e) return e.state == "intent" or e.state == "created" end
+local function is_live(e)
+  if e.state == "intent" or e.state == "created" then return true end
+  -- finished: still live while its images are being saved, unless it failed (nothing to save)
+  return e.state == "finished" and e.saving == true and not e.saved and e.result ~= "fail"
+end
 
 local function new_entry(self, lid)
   local e = { lid = lid, lines = {}, state = "intent" }
@@ -130,21 +179,13 @@ local function new_entry(self, lid)
   return e
 end
 
--- Adds the record `line` to the chain e (counted live while e is).
-local function add_line(self, e, line)
+-- Changes the chain e: `change(e)` sets its fields, then the record `line` joins its lines. The
+-- count of live lines follows e's liveness before and after.
+local function update(self, e, line, change)
+  if is_live(e) then self._live = self._live - #e.lines end
+  if change then change(e) end
   e.lines[#e.lines + 1] = line
-  if is_live(e) then self._live = self._live + 1 end
-end
-
-local function set_state(self, e, state)
-  local was = is_live(e)
-  e.state = state
-  local now = is_live(e)
-  if was and not now then
-    self._live = self._live - #e.lines
-  elseif now and not was then
-    self._live = self._live + #e.lines
-  end
+  if is_live(e) then self._live = self._live + #e.lines end
 end
 
 -- Applies one record (read back, or just written) to the state in memory.
@@ -155,7 +196,7 @@ local function apply(self, r, line)
     if e then return end -- a duplicate: dead weight
     e = new_entry(self, r.lid)
     e.input, e.at = r.input, r.at
-    add_line(self, e, line)
+    update(self, e, line)
   elseif r.t == "created" then
     if not e then
       -- its intent is unreadable, but an id is never dropped
@@ -169,21 +210,51 @@ local function apply(self, r, line)
       self._entries[#self._entries + 1] = e
     end
     -- also after "abandoned": an id that arrived proves the task exists
-    e.task_id, e.created_at = r.id, r.at
-    set_state(self, e, "created")
-    add_line(self, e, line)
+    update(self, e, line, function(x) x.task_id, x.created_at, x.state = r.id, r.at, "created" end)
     self._by_task[r.id] = e
   elseif r.t == "abandoned" then
     if not e or e.state ~= "intent" then return end
-    add_line(self, e, line)
-    set_state(self, e, "abandoned")
+    update(self, e, line, function(x) x.state = "abandoned" end)
   elseif r.t == "finished" then
     e = self._by_task[r.id]
     if not e or e.state ~= "created" then return end
-    add_line(self, e, line)
-    set_state(self, e, "finished")
+    update(self, e, line, function(x) x.state, x.result, x.images = "finished", r.state, r.images end)
+  elseif r.t == "saving" then
+    e = self._by_task[r.id]
+    if not e or e.saving or (e.state ~= "created" and e.state ~= "finished") then return end
+    update(self, e, line, function(x) x.saving = true end)
+  elseif r.t == "saved" then
+    e = self._by_task[r.id]
+    if not e or not e.saving or e.saved then return end
+    update(self, e, line, function(x) x.saved, x.paths = true, r.paths end)
   end
   -- any other type: a later writer's record, dead weight here
+end
+
+-- The state of a journal's records, empty.
+local function new_state(fields)
+  fields._entries, fields._by_lid, fields._by_task = {}, {}, {}
+  fields._records, fields._live, fields._damaged = 0, 0, 0
+  -- chains that finished with success, not being saved, that compaction dropped from the file:
+  -- a saving() may still come for them (see Journal:saving)
+  fields._settled, fields._settled_order = {}, {}
+  return fields
+end
+
+-- pending()'s tables (copies), from the state.
+local function pending_of(self)
+  local tasks, unanswered = {}, {}
+  for _, e in ipairs(self._entries) do
+    if e.task_id and is_live(e) then
+      tasks[#tasks + 1] = {
+        task_id = e.task_id, local_id = e.lid, input = copy(e.input), created_at = e.created_at,
+        state = e.result, images = copy(e.images), saving = e.saving or nil,
+      }
+    elseif e.state == "intent" then
+      unanswered[#unanswered + 1] = { local_id = e.lid, input = copy(e.input), at = e.at }
+    end
+  end
+  return { tasks = tasks, unanswered = unanswered }
 end
 
 -- Reads the file's text into the state. Returns the length of its readable part and whether
@@ -231,15 +302,44 @@ end
 -- ======================================================================
 
 local OPEN_OPTIONS = { compact_at = "number" }
+-- how many chains compaction dropped that a late saving() can still bring back (see saving())
+local REMEMBERED = 1000
+
+local function check_path(path, what)
+  if type(path) ~= "string" or path == "" then
+    error(("bad argument #1 to '%s' (a path expected, got %s)"):format(what, type(path)), 3)
+  end
+end
+
+--- Reads the journal at `path` and changes nothing: no lock (a process may hold the journal and
+-- write to it meanwhile), no file created, no torn tail cut, no compaction. Returns what
+-- pending() would, plus `torn` (the bytes at its end that are not a whole record: cut short by
+-- a crash, or being written right now; left as they are) and `damaged` (unreadable lines skipped
+-- in the middle); or nil, err (kind "journal": no file, not a journal, unreadable).
+function M.read(path)
+  check_path(path, "read")
+  local file, msg = core.journal(path, "read")
+  if not file then return nil, journal_error(msg) end
+  local data, rerr = file:read()
+  file:close()
+  if not data then return nil, journal_error(rerr) end
+  local self = new_state{}
+  local valid_end, needs_newline = replay(self, data)
+  if not valid_end then return nil, journal_error(("the journal %s %s"):format(path, needs_newline)) end
+  local state = pending_of(self)
+  state.torn, state.damaged = #data - valid_end, self._damaged
+  return state
+end
 
 --- Opens (creating it when absent) and replays the journal at `path`. opts.compact_at: the
 -- number of records beyond which a journal more than half dead is compacted (default 1000).
 -- Returns the journal, or nil, err (kind "journal") when another process (or this one) has it
--- open, or it cannot be opened, read or repaired.
+-- open, or it cannot be opened, read or repaired. The lock is on the file, whatever name reaches
+-- it: a symbolic link or the real name are one journal, and compaction through a link rewrites
+-- the file it points to. A journal with more than one name (a hard link) is refused: compaction
+-- would split it in two (see src/journal.c).
 function M.open(path, opts)
-  if type(path) ~= "string" or path == "" then
-    error(("bad argument #1 to 'open' (a path expected, got %s)"):format(type(path)), 2)
-  end
+  check_path(path, "open")
   opts = opts or {}
   for k, v in pairs(opts) do
     if OPEN_OPTIONS[k] == nil then error(("journal.open: unknown option '%s'"):format(tostring(k)), 2) end
@@ -247,20 +347,19 @@ function M.open(path, opts)
   end
   local file, msg = core.journal(path)
   if not file then return nil, journal_error(msg) end
-  local self = setmetatable({
-    path = path, _file = file, compact_at = opts.compact_at or M.COMPACT_AT,
-    _entries = {}, _by_lid = {}, _by_task = {}, _records = 0, _live = 0, _damaged = 0,
-  }, Journal)
+  local self = setmetatable(new_state{ path = path, _file = file, compact_at = opts.compact_at or M.COMPACT_AT },
+    Journal)
 
   local function fail(message)
     file:close()
     return nil, journal_error(("the journal %s %s"):format(path, message))
   end
-  local fh, ferr = io.open(path, "rb")
-  if not fh then return fail("cannot be read: " .. tostring(ferr)) end
-  local data = fh:read("a")
-  fh:close()
-  if not data then return fail("cannot be read") end
+  -- through the locked descriptor: the file read is the file locked, whatever the name leads to
+  local data, rerr = file:read()
+  if not data then
+    file:close()
+    return nil, journal_error(rerr)
+  end
   local valid_end, needs_newline = replay(self, data)
   if not valid_end then return fail(needs_newline) end -- (the message)
 
@@ -287,14 +386,21 @@ function Journal:_check(what)
   if self._closed then error(("journal:%s: the journal %s is closed"):format(what, self.path), 3) end
 end
 
--- Writes one record and applies it; true, or nil, err (then memory is unchanged too).
-function Journal:_write(r)
+-- A record as written: its line (URLs' user information redacted) and the record that line holds.
+local function encode(r)
+  r = redact(r, 0)
   local json, jerr = core.json_encode(r)
   if not json then return nil, journal_error("cannot encode a journal record: " .. tostring(jerr)) end
-  local line = json .. "\n"
+  return json .. "\n", r
+end
+
+-- Writes one record and applies it; true, or nil, err (then memory is unchanged too).
+function Journal:_write(r)
+  local line, rec = encode(r)
+  if not line then return nil, rec end
   local ok, err = self._file:append(line)
   if not ok then return nil, journal_error(err) end
-  apply(self, r, line)
+  apply(self, rec, line)
   return true
 end
 
@@ -358,20 +464,62 @@ function Journal:finished(task_id, state, images)
   return ok, err
 end
 
---- What a restart must take up again: {tasks = {{task_id, local_id, input, created_at}...},
--- unanswered = {{local_id, input, at}...}}, both in the order of their creates. `input` is nil
--- when the intent's record was unreadable. The tables are copies.
+--- The caller is about to save the images of `task_id` (before or after it finished): until
+-- saved() says they are on the disk, the task stays pending, even once it finished with success,
+-- so a crash in the download does not lose them. true, or nil, err. Writes nothing for a task
+-- this journal does not have, one already being saved, or one that failed.
+function Journal:saving(task_id)
+  self:_check("saving")
+  if type(task_id) ~= "string" or task_id == "" then error("journal:saving: a task id expected", 2) end
+  local e = self._by_task[task_id]
+  if e then
+    if e.saving or e.result == "fail" or (e.state ~= "created" and e.state ~= "finished") then return true end
+    return self:_write{ t = "saving", id = task_id, at = os.time() }
+  end
+  -- A chain that finished with success and that compaction dropped since (finished() may compact
+  -- at once): its lines go back into the file, then the saving, in one append.
+  local old = self._settled[task_id]
+  if not old then return true end
+  local saving, rec = encode{ t = "saving", id = task_id, at = os.time() }
+  if not saving then return nil, rec end
+  local ok, err = self._file:append(table.concat(old.lines) .. saving)
+  if not ok then return nil, journal_error(err) end
+  self._settled[task_id] = nil
+  for _, line in ipairs(old.lines) do apply(self, decode(line:sub(1, -2)), line) end
+  apply(self, rec, saving)
+  return true
+end
+
+--- The images of `task_id` are on the disk, at `paths` (an array of strings): its saving() is
+-- answered. true, or nil, err. Writes nothing for a task with no saving() pending.
+function Journal:saved(task_id, paths)
+  self:_check("saved")
+  if type(task_id) ~= "string" or task_id == "" then error("journal:saved: a task id expected", 2) end
+  if type(paths) ~= "table" then
+    error(("bad argument #2 to 'saved' (table expected, got %s)"):format(type(paths)), 2)
+  end
+  local kept = {}
+  for i, p in ipairs(paths) do
+    if type(p) ~= "string" then error("journal:saved: paths must be strings", 2) end
+    kept[i] = p
+  end
+  local e = self._by_task[task_id]
+  if not e or not e.saving or e.saved or e.result == "fail" then return true end
+  local ok, err = self:_write{ t = "saved", id = task_id, paths = #kept > 0 and kept or nil, at = os.time() }
+  if ok then self:_maybe_compact() end
+  return ok, err
+end
+
+--- What a restart must take up again: {tasks = {{task_id, local_id, input, created_at, state,
+-- images, saving}...}, unanswered = {{local_id, input, at}...}}, both in the order of their
+-- creates. A task is there while it was created and not seen to finish, or while its images were
+-- being saved and saved() did not follow: then `saving` is true, and when it finished, `state` is
+-- "success" and `images` what its finished record kept ({url, file_name, file_size}...), enough to
+-- download them without asking the service again (the URLs may have expired, though). `input` is
+-- nil when the intent's record was unreadable. The tables are copies.
 function Journal:pending()
   self:_check("pending")
-  local tasks, unanswered = {}, {}
-  for _, e in ipairs(self._entries) do
-    if e.state == "created" then
-      tasks[#tasks + 1] = { task_id = e.task_id, local_id = e.lid, input = copy(e.input), created_at = e.created_at }
-    elseif e.state == "intent" then
-      unanswered[#unanswered + 1] = { local_id = e.lid, input = copy(e.input), at = e.at }
-    end
-  end
-  return { tasks = tasks, unanswered = unanswered }
+  return pending_of(self)
 end
 
 --- Counts: records (in the file, the header aside), live (of those), damaged (unreadable lines
@@ -384,13 +532,15 @@ end
 -- then stays as it was, and in use).
 function Journal:compact()
   self:_check("compact")
-  local parts, entries, by_lid, by_task = { HEADER }, {}, {}, {}
+  local parts, entries, by_lid, by_task, dropped = { HEADER }, {}, {}, {}, {}
   for _, e in ipairs(self._entries) do
     if is_live(e) then
       for _, line in ipairs(e.lines) do parts[#parts + 1] = line end
       entries[#entries + 1] = e
       by_lid[e.lid] = e
       if e.task_id then by_task[e.task_id] = e end
+    elseif e.task_id and e.result == "success" and not e.saving then
+      dropped[#dropped + 1] = e
     end
   end
   local ok, err = self._file:rewrite(table.concat(parts))
@@ -398,6 +548,20 @@ function Journal:compact()
   self._entries, self._by_lid, self._by_task = entries, by_lid, by_task
   self._records = self._live
   self._damaged = 0
+  -- the last REMEMBERED chains dropped that a saving() may still want back
+  local settled, order = self._settled, self._settled_order
+  for _, e in ipairs(dropped) do
+    settled[e.task_id] = e
+    order[#order + 1] = e
+  end
+  if #order > REMEMBERED then
+    local kept = {}
+    for i = #order - REMEMBERED + 1, #order do kept[#kept + 1] = order[i] end
+    for i = 1, #order - REMEMBERED do
+      if settled[order[i].task_id] == order[i] then settled[order[i].task_id] = nil end
+    end
+    self._settled_order = kept
+  end
   return true
 end
 

@@ -20,7 +20,8 @@ function M.path(given)
 end
 
 --- nil when `path` may be a journal to read, else why not, for a usage error: nothing is there
--- (a misspelt path must not read as "nothing pending"; reading one would also create it).
+-- (a misspelt path must not read as "nothing pending"; and `dh3 resume`, which opens the journal
+-- to write to it, would create it).
 function M.missing(path)
   local f, _, errno = io.open(path, "rb")
   if f then
@@ -31,16 +32,20 @@ function M.missing(path)
   return nil -- another reason: the journal's own error says it better
 end
 
---- What the journal at `path` holds unsettled (dh3.journal's pending(): {tasks = {{task_id,
--- local_id, input, created_at}}, unanswered = {{local_id, input, at}}}), or nil, err (kind
--- "journal": in use by another process, not a journal, unreadable). Opens and closes it: the lock
--- is held only while reading.
+--- What the journal at `path` holds unsettled (dh3.journal.read(): {tasks = {{task_id, local_id,
+-- input, created_at, state, images, saving}}, unanswered = {{local_id, input, at}}, torn,
+-- damaged}), or nil, err (kind "journal": not a journal, unreadable). Reads only: no lock (a run
+-- may hold the journal meanwhile), nothing created, cut or rewritten, whatever the file's mode.
 function M.read(path)
-  local j, err = journal.open(path)
-  if not j then return nil, err end
-  local state = j:pending()
-  j:close()
-  return state
+  return journal.read(path)
+end
+
+--- The stderr line for a journal whose end is not a whole record (state.torn bytes), or nil.
+function M.torn_line(state, path)
+  if not state.torn or state.torn == 0 then return nil end
+  return ("dh3: the journal %s ends in %d %s that are not a whole record (a write cut short by a crash, "
+    .. "or being written now): left as they are; the next run that opens the journal cuts them away")
+    :format(path, state.torn, state.torn == 1 and "byte" or "bytes")
 end
 
 --- The prompt of a create's wire body (as the journal keeps it), or nil when unknown.
@@ -67,10 +72,11 @@ function M.unanswered_fields(u)
 end
 
 --- `dh3 pending` as JSON lines on `lines` (a dh3.cli.jsonlines): one "pending" event per task
--- created but not seen to finish, one "unanswered" event per create whose answer never came.
+-- created but not seen to finish, or finished with its images not saved yet (then with
+-- "state":"success"), one "unanswered" event per create whose answer never came.
 function M.emit(lines, state)
   for _, t in ipairs(state.tasks) do
-    lines:emit("pending", { task_id = t.task_id, prompt = M.prompt(t.input), at = t.created_at })
+    lines:emit("pending", { task_id = t.task_id, prompt = M.prompt(t.input), at = t.created_at, state = t.state })
   end
   for _, u in ipairs(state.unanswered) do lines:emit("unanswered", M.unanswered_fields(u)) end
 end
@@ -96,11 +102,20 @@ function M.print(out, state, path, columns, now)
     out:write(format.fit("Nothing pending in " .. path .. ".", columns - 1), "\n")
     return
   end
-  if #tasks > 0 then
-    local list = {}
-    for i, t in ipairs(tasks) do list[i] = { id = t.task_id, at = t.created_at, prompt = M.prompt(t.input) } end
-    section(out, plural(#tasks, "task", "tasks") .. " created, not seen to finish (dh3 resume):",
-      "task id", list, columns, now)
+  -- the tasks still running for all we know, then those that finished with images not saved
+  local running, unsaved = {}, {}
+  for _, t in ipairs(tasks) do
+    local list = t.state == "success" and unsaved or running
+    list[#list + 1] = { id = t.task_id, at = t.created_at, prompt = M.prompt(t.input) }
+  end
+  if #running > 0 then
+    section(out, plural(#running, "task", "tasks") .. " created, not seen to finish (dh3 resume):",
+      "task id", running, columns, now)
+  end
+  if #unsaved > 0 then
+    if #running > 0 then out:write("\n") end
+    section(out, plural(#unsaved, "task", "tasks") .. " finished, images not saved (dh3 resume):",
+      "task id", unsaved, columns, now)
   end
   if #unanswered > 0 then
     if #tasks > 0 then out:write("\n") end
