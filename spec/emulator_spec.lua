@@ -1180,7 +1180,7 @@ describe("dh3-emulator", function()
         "--process-time", "--fail-rate", "--seed", "--latency", "--fault-5xx", "--fault-429", "--fault-drop",
         "--fault-malformed", "--errors-in-body", "--callback-timeout", "--callback-retry-delay",
         "--idle-timeout", "{emu:fail}", "{emu:fail=MESSAGE}", "{emu:success}", "{emu:queue=S}", "{emu:process=S}",
-        "--fault-create-close", "{emu:file_name=NAME}" } do
+        "--fault-create-close", "{emu:file_name=NAME}", "--create-answer-delay" } do
         assert.is_truthy(help:find(word, 1, true), word)
       end
     end)

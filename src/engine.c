@@ -481,7 +481,7 @@ static int dh3_engine_collect(dh3_engine *e) {
 }
 
 /*
-** engine:perform([timeout [, fds]]) -> number of transfers still in flight, fds_ready
+** engine:perform([timeout [, fds [, ready]]]) -> number of transfers still in flight, fds_ready
 ** Performs, moves finished transfers to the done queue, and when nothing finished and
 ** nothing waits for delivery, waits in curl_multi_poll and performs again, until the
 ** deadline. Never blocks longer than timeout (0 = never waits). With no transfers at
@@ -489,8 +489,34 @@ static int dh3_engine_collect(dh3_engine *e) {
 ** fds, optional: an array of file descriptors of the caller's own (a webhook receiver's
 ** sockets) to wait on as well, for reading: the wait ends when one is ready (fds_ready is
 ** then true), so one wait serves libcurl's transfers and the caller's server together.
+** poll(), not select(): any descriptor number works.
+** ready, optional (with fds): a table that receives the descriptors of fds found readable
+** (a peer that closed reads as readable) as ready[1..k], ready[k+1] = nil, the entries after
+** that cleared. When perform did not wait (timeout 0, or transfers finished), it first takes
+** one look that waits for nothing, so the answer is always fresh. Filling it allocates
+** nothing once the table has held that many entries.
 */
 #define DH3_MAX_EXTRA_FDS 256
+
+/* Lists the descriptors of extra[] that poll found ready in the table at stack index idx. */
+static void dh3_engine_report_ready(lua_State *L, int idx, const struct curl_waitfd *extra,
+                                    unsigned int n_extra) {
+  lua_Integer k = 0;
+  unsigned int i;
+  for (i = 0; i < n_extra; i++) {
+    if (extra[i].revents == 0) continue;
+    lua_pushinteger(L, (lua_Integer)extra[i].fd);
+    lua_rawseti(L, idx, ++k);
+  }
+  /* clear what an earlier call left past the new end */
+  for (;;) {
+    int present = lua_rawgeti(L, idx, k + 1) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (!present) break;
+    lua_pushnil(L);
+    lua_rawseti(L, idx, ++k);
+  }
+}
 
 static int dh3_engine_perform(lua_State *L) {
   dh3_engine *e = dh3_engine_check(L, 1);
@@ -498,8 +524,14 @@ static int dh3_engine_perform(lua_State *L) {
   struct curl_waitfd extra[DH3_MAX_EXTRA_FDS];
   unsigned int n_extra = 0;
   int fds_ready = 0;
+  int want_ready = !lua_isnoneornil(L, 4);
+  int looked = 0; /* extra[].revents describe the descriptors as they are now */
   double deadline;
   luaL_argcheck(L, timeout == timeout, 2, "timeout is NaN");
+  if (want_ready) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    luaL_checktype(L, 4, LUA_TTABLE);
+  }
   if (!lua_isnoneornil(L, 3)) {
     lua_Integer i, n;
     luaL_checktype(L, 3, LUA_TTABLE);
@@ -536,8 +568,20 @@ static int dh3_engine_perform(lua_State *L) {
     mc = curl_multi_poll(e->multi, n_extra > 0 ? extra : NULL, n_extra, ms, NULL);
     if (mc != CURLM_OK)
       return luaL_error(L, "dh3.engine: curl_multi_poll: %s", curl_multi_strerror(mc));
+    looked = 1;
     for (k = 0; k < n_extra; k++)
       if (extra[k].revents != 0) fds_ready = 1;
+  }
+  if (want_ready) {
+    if (!looked && n_extra > 0) {
+      unsigned int k;
+      CURLMcode mc = curl_multi_poll(e->multi, extra, n_extra, 0, NULL);
+      if (mc != CURLM_OK)
+        return luaL_error(L, "dh3.engine: curl_multi_poll: %s", curl_multi_strerror(mc));
+      for (k = 0; k < n_extra; k++)
+        if (extra[k].revents != 0) fds_ready = 1;
+    }
+    dh3_engine_report_ready(L, 4, extra, n_extra);
   }
   lua_pushinteger(L, e->n_active);
   lua_pushboolean(L, fds_ready);

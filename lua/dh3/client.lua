@@ -341,7 +341,8 @@ end
 -- opts: host ("127.0.0.1"), port (0: a free one), path ("/dh3/callback"), secret (true: a random
 -- one; a string: that one, to keep the URL across restarts; false: none, deliveries are hints),
 -- public_url (what the service must call, when it differs), max_body (64 KiB), attach (true),
--- store (the de-duplicator's store: an object with add(key) -> true when new).
+-- store (the de-duplicator's store: an object with add(key) -> true when new), max_connections
+-- (64: past it, the connection idle longest is closed), idle_timeout (10 s to send a request).
 -- Returns the listener (listener.url, listener:port(), listener.counts, listener:close()).
 function Client:listen(opts)
   local sched = self:_scheduler()

@@ -9,8 +9,13 @@
 --   * --errors-in-body turns error statuses into HTTP 200 on the API paths and unknown paths;
 --     /files and /_emulator always answer with real statuses.
 --   * Stats count an answer under the code the body carries (also with --errors-in-body), or as
---     "dropped" / "malformed" for those faults. Not counted: /_emulator requests, and requests the
---     HTTP layer refuses before routing (400 malformed, 413, 431, ...).
+--     "dropped" / "malformed" for those faults, or "closed" for a create taken and then closed
+--     unanswered (--fault-create-close; a create refused anyway, 401/422/429/402, is answered).
+--     Not counted: /_emulator requests, and requests the HTTP layer refuses before routing (400
+--     malformed, 413, 431, ...).
+--   * --log writes one line per request routed here: API calls, /_emulator calls, other paths,
+--     and image files once they are sent (with their size and how long sending took: with
+--     --download-rate that is the pacing, seen from this side).
 local contract = require "dh3.contract"
 local json = require "dh3.emulator.json"
 local server = require "dh3.emulator.server"
@@ -141,9 +146,9 @@ local function api_call(emu, req, respond, route)
     emu.stats:request(endpoint, stat_status)
     emu:log("%s %s -> %s", req.method, req.target, stat_status)
   end
-  local fault = faults.roll(emu.rng.faults, emu.opts)
+  local fault = faults.roll(emu.rng.faults, emu.opts, route.name)
   if emu.opts.latency > 0 then emu.loop:sleep(emu.opts.latency) end
-  if fault then
+  if fault and not faults.after_handling(fault) then
     emu.stats:fault(fault)
     if fault == "drop" then
       finish("dropped")
@@ -162,6 +167,16 @@ local function api_call(emu, req, respond, route)
     emu:log_error(("%s %s: %s"):format(req.method, req.path, tostring(status)))
     status, doc, headers = 500, error_doc(500, "internal error"), nil
   end
+  if fault and doc.code == 200 then
+    -- taken: the task exists and is counted; only its answer is lost
+    emu.stats:fault(fault)
+    finish("closed")
+    return respond(nil)
+  end
+  -- the task exists and its clock runs: a quick one's callback can overtake this answer
+  if route.name == "create" and status == 200 and emu.opts.create_answer_delay > 0 then
+    emu.loop:sleep(emu.opts.create_answer_delay)
+  end
   finish(doc.code)
   send_json(emu, respond, status, doc, headers, true)
 end
@@ -172,17 +187,34 @@ local function files(emu, req, respond)
   if req.headers["authorization"] then emu.stats.files_with_auth = emu.stats.files_with_auth + 1 end
   if req.method ~= "GET" and req.method ~= "HEAD" then
     emu.stats:request(endpoint, 405)
+    emu:log("%s %s -> 405", req.method, req.path)
     return send_json(emu, respond, 405, error_doc(405, "method not allowed"), { Allow = "GET, HEAD" })
   end
   local id, ext = req.path:match("^/files/(%x+)%.(%a+)$")
   local task = id and emu.tasks:find(id)
   if not task or task.format ~= ext or emu.tasks:state(task, emu.loop:now()) ~= "success" then
     emu.stats:request(endpoint, 404)
+    emu:log("%s %s -> 404", req.method, req.path)
     return send_json(emu, respond, 404, error_doc(404, "file not found"))
   end
   local bytes = emu.tasks:image(task)
   emu.stats:request(endpoint, 200)
-  respond(200, { ["Content-Type"] = images.CONTENT_TYPES[task.format], ["Cache-Control"] = "no-store" }, bytes)
+  local rate = emu.opts.download_rate
+  local started = emu.loop:now()
+  local how = {
+    rate = rate > 0 and req.method == "GET" and rate or nil,
+    on_sent = function(sent)
+      local took = emu.loop:now() - started
+      if req.method == "HEAD" then
+        emu:log("HEAD %s -> 200 (%d bytes announced)", req.path, #bytes)
+      elseif sent then
+        emu:log("GET %s -> 200 (%d bytes sent in %.3fs)", req.path, #bytes, took)
+      else
+        emu:log("GET %s -> 200 (%d bytes; the client left after %.3fs)", req.path, #bytes, took)
+      end
+    end,
+  }
+  respond(200, { ["Content-Type"] = images.CONTENT_TYPES[task.format], ["Cache-Control"] = "no-store" }, bytes, how)
 end
 
 local function current_config(emu)
@@ -240,9 +272,11 @@ local function introspect(emu, req, respond, methods)
     local allow = {}
     for m in pairs(methods) do allow[#allow + 1] = m end
     table.sort(allow)
+    emu:log("%s %s -> 405", req.method, req.target)
     return send_json(emu, respond, 405, error_doc(405, "method not allowed"), { Allow = table.concat(allow, ", ") })
   end
   local status, doc, text = fn(emu, req)
+  emu:log("%s %s -> %d", req.method, req.target, status)
   if text then return respond(status, JSON_HEADERS, text) end
   send_json(emu, respond, status, doc)
 end
@@ -254,6 +288,7 @@ function M.handler(emu)
     if route then
       if req.method ~= route.method then
         emu.stats:request(req.method .. " " .. req.path, 405)
+        emu:log("%s %s -> 405", req.method, req.target)
         return send_json(emu, respond, 405, error_doc(405, "method not allowed"), { Allow = route.method }, true)
       end
       return api_call(emu, req, respond, route)
@@ -262,6 +297,7 @@ function M.handler(emu)
     local methods = INTROSPECTION[req.path]
     if methods then return introspect(emu, req, respond, methods) end
     emu.stats:request("other", 404)
+    emu:log("%s %s -> 404", req.method, req.target)
     send_json(emu, respond, 404, error_doc(404, "not found"), nil, true)
   end
 end

@@ -7,7 +7,7 @@
 --   -- or nil, err: "timeout" | "refused" (no connection) | "unsupported" (not http://) | a message
 local socket = require "socket"
 local stream = require "dh3.emulator.stream"
-local http1 = require "dh3.emulator.http1"
+local http1 = require "dh3.http1"
 
 local M = {}
 

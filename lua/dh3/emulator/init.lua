@@ -9,9 +9,10 @@
 --   while running do emu:step(0.05) end    -- or emu:run() until emu:stop()
 --   emu:close()
 --
--- Modules: loop (coroutines on socket.select), stream + http1 + server (a generic HTTP/1.1
--- server), httpc (outgoing requests), api (endpoints), tasks (the task clock), images (PNG/JPEG),
--- reference ("auto" sizes), callbacks (deliveries), faults, stats, options, random, json.
+-- Modules: loop (coroutines on socket.select), stream + server (a generic HTTP/1.1 server; its
+-- message framing is the library's dh3.http1), httpc (outgoing requests), api (endpoints), tasks
+-- (the task clock), images (PNG/JPEG), reference ("auto" sizes), callbacks (deliveries), faults,
+-- stats, options, random, json.
 local looplib = require "dh3.emulator.loop"
 local server = require "dh3.emulator.server"
 local random = require "dh3.emulator.random"
@@ -24,7 +25,7 @@ local json = require "dh3.emulator.json"
 
 local M = {}
 
-M.VERSION = "0.1.0"
+M.VERSION = require("dh3").VERSION -- one version for the library and its emulator
 
 local Emulator = {}
 Emulator.__index = Emulator
@@ -129,10 +130,13 @@ function Emulator:reset()
   seed_streams(self, RESET_STREAMS)
 end
 
---- One line on stderr when --log is on. Never given a key.
+--- One line on stderr when --log is on. Never given a key. What a client sent (a path, say) may
+-- hold control characters: they are shown as "?", so that a line stays one line.
 function Emulator:log(fmt, ...)
   if self.opts.log then
-    io.stderr:write(("dh3-emulator: %.3f "):format(looplib.now() - self.started), fmt:format(...), "\n")
+    local line = fmt:format(...):gsub("%c", "?")
+    io.stderr:write(("dh3-emulator: %.3f "):format(looplib.now() - self.started), line, "\n")
+    io.stderr:flush()
   end
 end
 

@@ -30,14 +30,18 @@ M.SPECS = {
   { "callback_retry_delay", "seconds", 1, "first delay between callback attempts (then x2, x4)", runtime = true },
   { "idle_timeout", "positive", 30, "seconds before an idle connection is closed" },
   { "max_body", "count", 1024 * 1024, "largest request body in bytes; larger ones get 413" },
-  { "log", "flag", false, "log each request to stderr" },
+  { "download_rate", "count", 0, "bytes per second each image file is sent at, to watch progress and "
+    .. "test timeouts (0: at full speed); other connections go on meanwhile", runtime = true,
+    argname = "<BYTES_PER_SECOND>" },
+  { "log", "flag", false, "log each request to stderr: the API, image files (when sent), /_emulator" },
   { "tls_cert", "file", nil, "serve HTTPS with this PEM certificate (chain); needs --tls-key and luasec" },
   { "tls_key", "file", nil, "the PEM private key of --tls-cert" },
 }
 
 M.BY_NAME = {}
 for _, spec in ipairs(M.SPECS) do
-  M.BY_NAME[spec[1]] = { name = spec[1], kind = spec[2], default = spec[3], help = spec[4], runtime = spec.runtime }
+  M.BY_NAME[spec[1]] = { name = spec[1], kind = spec[2], default = spec[3], help = spec[4], runtime = spec.runtime,
+    argname = spec.argname }
 end
 
 local function number_of(v)
@@ -139,7 +143,7 @@ local ARGNAMES = {
   integer = "<N>", port = "<PORT>", host = "<HOST>", url = "<URL>", keys = "<K1,K2,...>", file = "<FILE>",
 }
 
---- The argparse parser for the command line.
+--- The argparse parser for the command line (--help and --version print and exit).
 function M.parser()
   local argparse = require "argparse"
   local parser = argparse("dh3-emulator", "A local stand-in for the DH3 image-generation API.")
@@ -151,6 +155,10 @@ GET or POST /_emulator/config (a JSON object of the options marked *, with _ for
 e.g. {"fault_5xx": 0.5, "credits": null}).
 The first line printed is "listening on http://HOST:PORT" (https with --tls-cert).]])
   parser:help_max_width(100)
+  parser:flag("--version", "print the version and exit"):action(function()
+    io.stdout:write("dh3-emulator ", require("dh3").VERSION, "\n")
+    os.exit(0)
+  end)
   for _, spec in ipairs(M.SPECS) do
     local name, kind, default, help = spec[1], spec[2], spec[3], spec[4]
     local flag = "--" .. name:gsub("_", "-")
@@ -158,7 +166,7 @@ The first line printed is "listening on http://HOST:PORT" (https with --tls-cert
     if kind == "flag" then
       parser:flag(flag, text)
     else
-      local option = parser:option(flag, text):argname(ARGNAMES[kind])
+      local option = parser:option(flag, text):argname(spec.argname or ARGNAMES[kind])
       if default ~= nil then option:default(tostring(default)):show_default(true) end
       option:convert(function(v)
         local value, reason = CHECK[kind](v)

@@ -1,7 +1,7 @@
 -- A generic, non-blocking HTTP/1.1 server on luasocket: keep-alive, pipelining, Content-Length and
 -- chunked request bodies, Expect: 100-continue, HEAD, size limits, idle timeouts, and HTTPS when
--- given a certificate (luasec, loaded only then). It knows nothing of the DH3 API, so the client's
--- webhook receiver can use it too.
+-- given a certificate (luasec, loaded only then). It knows nothing of the DH3 API. (The client's
+-- webhook receiver has a server of its own, dh3.httpd, which never waits in select.)
 --
 --   local server = require "dh3.emulator.server"
 --   local srv = assert(server.new{
@@ -17,21 +17,25 @@
 -- req: method, target (as sent), path (raw, without query), query (raw string or nil), version
 -- ("1.1"), headers (lowercase names; repeated ones joined with ", "), body (string, "" if none),
 -- peer ("ip:port").
--- respond(status, headers, body): headers maps names to values; Content-Length and Connection are
--- set by the server; for HEAD the body is not sent but its length is announced. respond(nil) closes
--- the connection without answering. respond may be called later than the handler's return (from any
+-- respond(status, headers, body [, how]): headers maps names to values; Content-Length and Connection
+-- are set by the server; for HEAD the body is not sent but its length is announced. how, optional:
+-- {rate = bytes per second (the body is paced: the connection sleeps on the loop between slices,
+-- and every other connection goes on), on_sent = function(ok) (called once the answer has been
+-- written, ok false when the peer left first)}. respond(nil) closes the connection without
+-- answering. respond may be called later than the handler's return (from any
 -- coroutine or callback): the connection waits. The handler runs inside the connection's coroutine,
 -- so it may also wait with srv.loop:sleep(s). A handler error answers 500 and is passed to on_error.
 local socket = require "socket"
 local looplib = require "dh3.emulator.loop"
 local stream = require "dh3.emulator.stream"
-local http1 = require "dh3.emulator.http1"
+local http1 = require "dh3.http1"
 
 local M = {}
 
 M.REASONS = http1.REASONS
 
 local LINGER = 1.0 -- seconds spent draining an unread body after a refusal (see linger)
+local PACE_STEP = 0.05 -- seconds between the slices of a paced body (respond's how.rate)
 
 --- Percent-decodes s ("+" as space, as in query strings).
 function M.url_decode(s)
@@ -203,8 +207,27 @@ function Server:read_request(conn, deadline)
   return req
 end
 
--- Sends a response; returns true if the connection may stay open.
-function Server:write_response(conn, req, status, headers, body, keep_alive)
+-- Sends body at `rate` bytes per second at most, in slices PACE_STEP apart, sleeping on the loop
+-- in between: a slice leaves no earlier than `rate` allows for the bytes up to its end, so the
+-- whole body takes at least #body / rate seconds. true, or nil when the peer left.
+function Server:send_paced(conn, body, rate)
+  local n, loop = #body, self.loop
+  local slice = math.max(1, math.floor(rate * PACE_STEP))
+  local start, i = loop:now(), 1
+  while i <= n do
+    local j = math.min(n, i + slice - 1)
+    local wait = start + j / rate - loop:now()
+    if wait > 0 then loop:sleep(wait) end
+    if self.closed then return nil end
+    if not conn:send_all(body:sub(i, j), loop:now() + self.idle_timeout) then return nil end
+    i = j + 1
+  end
+  return true
+end
+
+-- Sends a response; returns whether the connection may stay open, or nil when it could not be
+-- written (the peer left). rate: pace the body (see send_paced).
+function Server:write_response(conn, req, status, headers, body, keep_alive, rate)
   body = body or ""
   local fields = {}
   local has_length = false
@@ -228,12 +251,18 @@ function Server:write_response(conn, req, status, headers, body, keep_alive)
   local head = http1.format_head(("HTTP/1.1 %d %s"):format(status, M.REASONS[status] or "Unknown"), fields)
   local send_body = not bodyless and #body > 0 and not (req and req.method == "HEAD")
   -- a small body goes out with the head in one packet; a large one straight from its string
-  if send_body and #body <= 16384 then
+  if send_body and #body <= 16384 and not rate then
     head, send_body = head .. body, false
   end
   local deadline = self.loop:now() + self.idle_timeout
-  if not conn:send_all(head, deadline) then return false end
-  if send_body and not conn:send_all(body, deadline) then return false end
+  if not conn:send_all(head, deadline) then return nil end
+  if send_body then
+    if rate then
+      if not self:send_paced(conn, body, rate) then return nil end
+    elseif not conn:send_all(body, deadline) then
+      return nil
+    end
+  end
   return keep_alive
 end
 
@@ -252,13 +281,13 @@ function Server:linger(conn)
 end
 
 -- Calls the handler and waits for its answer, which may come after the handler has returned.
--- Returns status, headers, body; status nil means drop the connection.
+-- Returns status, headers, body, how; status nil means drop the connection.
 function Server:dispatch(req)
   local loop = self.loop
   local answer, token
-  local function respond(status, headers, body)
+  local function respond(status, headers, body, how)
     if answer then return false end
-    answer = { status = status, headers = headers, body = body }
+    answer = { status = status, headers = headers, body = body, how = how }
     if token then loop:wake(token) end
     return true
   end
@@ -271,7 +300,7 @@ function Server:dispatch(req)
     token = loop:token()
     loop:suspend()
   end
-  return answer.status, answer.headers, answer.body
+  return answer.status, answer.headers, answer.body, answer.how
 end
 
 function Server:serve_connection(conn)
@@ -301,9 +330,14 @@ function Server:serve_connection(conn)
       end
       -- a half-closed peer still gets its answer; then the connection ends
       if conn.eof and #conn.buf == 0 then keep_alive = false end
-      local status, headers, body = self:dispatch(req)
+      local status, headers, body, how = self:dispatch(req)
       if status == nil or self.closed then return end
-      if not self:write_response(conn, req, status, headers, body, keep_alive) then return end
+      local keep = self:write_response(conn, req, status, headers, body, keep_alive, how and how.rate)
+      if how and how.on_sent then
+        local ok, err = pcall(how.on_sent, keep ~= nil)
+        if not ok then self.on_error("on_sent: " .. tostring(err)) end
+      end
+      if not keep then return end
     end
   end)
   if not ok then self.on_error("connection error: " .. tostring(err)) end

@@ -1,6 +1,9 @@
--- HTTP/1.1 message framing shared by the server and the client: the head (start line and header
--- fields) and the body (Content-Length or chunked). Failures carry the status a server would
--- answer with, as {status = n, message = "..."}.
+-- HTTP/1.1 message framing: the head (start line and header fields) and the body (Content-Length
+-- or chunked). Shared by the webhook receiver's server (dh3.httpd, which parses from a buffer) and
+-- the emulator's server and client (which read through a dh3.emulator.stream: read_head and
+-- read_body take any object with its buf field and fill, read_line, read_exact, read_to_close
+-- methods). It requires nothing. Failures carry the status a server would answer with, as
+-- {status = n, message = "..."}.
 local M = {}
 
 M.REASONS = {
