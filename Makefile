@@ -6,6 +6,7 @@
 #   make valgrind the spec suite under valgrind memcheck
 #   make bench    benchmarks (bench/README.md)
 #   make fuzz     the libFuzzer harnesses, FUZZ_SECONDS each (fuzz/README.md)
+#   make env      shell exports to use this tree from anywhere: eval "$(make -s env)"
 # Every path and tool is an overridable variable.
 
 LUA          ?= lua5.4
@@ -72,6 +73,18 @@ test: all
 
 demo: all
 	$(LUA) examples/demo.lua
+
+# Prints the shell lines that make `lua5.4 my_script.lua` find this tree's dh3 (and the dh3 and
+# dh3-emulator commands on PATH), from any folder: eval "$(make -s env)". The tree goes in
+# front of whatever the variables hold, or of Lua's defaults (";;"). Lua 5.4 reads the _5_4
+# variables first; LUA_ENV_SUFFIX= (empty) for Lua 5.1 and LuaJIT, which read plain LUA_PATH.
+LUA_ENV_SUFFIX ?= _5_4
+.PHONY: env
+env:
+	@test -f $(CORE) || echo "dh3: $(CORE) is not built yet: run make first" >&2
+	@echo 'export LUA_PATH$(LUA_ENV_SUFFIX)='\''$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;'\''"$${LUA_PATH$(LUA_ENV_SUFFIX):-;}"'
+	@echo 'export LUA_CPATH$(LUA_ENV_SUFFIX)='\''$(CURDIR)/?.so;'\''"$${LUA_CPATH$(LUA_ENV_SUFFIX):-;}"'
+	@echo 'export PATH='\''$(CURDIR)/bin:'\''"$$PATH"'
 
 # Sanitizers: a separate build, loaded into a plain lua5.4 with the ASan runtime preloaded.
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined

@@ -11,7 +11,7 @@ package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "./?.so;" .. package.cpath
 
 local dh3 = require "dh3"
-local now = require("dh3.core").now
+local now = dh3.now -- a monotonic clock in seconds
 
 local BUILT_IN = {
   "a lighthouse at dawn, watercolor",

@@ -21,7 +21,7 @@ local function main()
     resolution = "1K",
   })
   print(("created task %s (%s)"):format(task.id, task.state))
-  local now = require("dh3.core").now
+  local now = dh3.now
   local t0 = now()
   assert(task:wait{
     timeout = 60,

@@ -11,7 +11,7 @@ package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "./?.so;" .. package.cpath
 
 local dh3 = require "dh3"
-local now = require("dh3.core").now -- a monotonic clock in seconds
+local now = dh3.now -- a monotonic clock in seconds
 
 local FRAME = 1 / 60
 local PROMPTS = { "a stone bridge, pixel art", "a treasure chest, pixel art", "a fir forest, pixel art" }

@@ -79,6 +79,8 @@ build = {
       ["dh3-emulator"] = "bin/dh3-emulator",
     },
   },
+  -- the LuaLS definitions (README: "Editor support"), installed beside the rock
+  copy_directories = { "library" },
 }
 test = {
   type = "busted",

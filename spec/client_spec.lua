@@ -219,6 +219,14 @@ describe("dh3 against the emulator", function()
   end)
 
   describe("on_request", function()
+    it("carries the new task's id after a successful create", function()
+      local infos = {}
+      local client <close> = new_client(emu, { on_request = function(info) infos[#infos + 1] = info end })
+      local task = assert(client:create{ prompt = "a hook that learns the id" })
+      assert.are.equal("POST", infos[1].method)
+      assert.are.equal(task.id, infos[1].task_id)
+    end)
+
     it("sees method, path, status, attempt and seconds, never the key or the query", function()
       local infos = {}
       local client <close> = new_client(emu, { on_request = function(info) infos[#infos + 1] = info end })

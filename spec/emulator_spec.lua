@@ -1199,4 +1199,73 @@ describe("dh3-emulator", function()
       assert.are.same({ true, "exit", 0 }, { ok, how, code })
     end)
   end)
+
+  describe("as a tool for your own tests", function()
+    local lua = os.getenv("DH3_SPEC_LUA") or "lua5.4"
+
+    it("--version prints the version, the library's own", function()
+      local pipe = io.popen(lua .. " bin/dh3-emulator --version")
+      local out = pipe:read("a")
+      local ok = pipe:close()
+      assert.is_true(ok)
+      assert.are.equal("dh3-emulator " .. require("dh3").VERSION .. "\n", out)
+    end)
+
+    it("--log shows the image downloads and the /_emulator calls too", function()
+      local emu = emulator.start{ "--log", "--queue-time", "0", "--process-time", "0" }
+      local _, doc = create(emu, { prompt = "a logged download" })
+      local url = output_of(emu, doc.task_id).images[1].url
+      local status = emu:http("GET", url:match("^https?://[^/]+(/.*)$"))
+      assert.are.equal(200, status)
+      emu:stats()
+      local log = emu:stop()
+      assert.matches("GET /files/" .. doc.task_id .. "%.png %-> 200 %(%d+ bytes sent in [%d.]+s%)", log)
+      assert.matches("GET /_emulator/stats %-> 200", log)
+      assert.matches("POST /api/v1/task/create %-> 200", log)
+    end)
+
+    it("--download-rate streams image files at that rate, serving other requests meanwhile", function()
+      local rate = 200000
+      local emu = emulator.start{ "--log", "--queue-time", "0", "--process-time", "0.05",
+        "--download-rate", tostring(rate) }
+      local dh3 = require "dh3"
+      local client = assert(dh3.new{ api_key = emu.key, base_url = emu.url })
+      local task = assert(client:create{ prompt = "a large slow image", resolution = "4K" })
+      assert(task:wait{ interval = 0.05 })
+      local size = task.images[1].file_size
+      assert.is_true(size > 150000, "a 4K PNG is some 200 KB: " .. size)
+      local dir = os.tmpname()
+      os.remove(dir)
+      local calls, seen, totals, asked, paths, err = 0, {}, {}, false, nil, nil
+      local started = dh3.now()
+      client:spawn(function()
+        paths, err = task:download(dir .. "/", { progress = function(_, bytes, total)
+          calls = calls + 1
+          seen[#seen + 1], totals[total] = bytes, true
+        end })
+      end)
+      while client:update() > 0 do                 -- a frame loop, as a progress bar's program has
+        if not asked and seen[1] then
+          asked = true
+          emu:stats()                             -- answered while the file is still on its way
+        end
+        socket.sleep(0.01)
+      end
+      local elapsed = dh3.now() - started
+      client:close()
+      local log = emu:stop()
+      assert(paths, tostring(err))
+      os.execute("rm -rf '" .. dir .. "'")
+      -- a lower bound only: a busy machine may take longer, never less
+      assert.is_true(elapsed >= size / rate, ("%d bytes at %d B/s took %.3fs"):format(size, rate, elapsed))
+      assert.is_true(calls >= 5, "progress was reported " .. calls .. " times")
+      for i = 2, #seen do assert.is_true(seen[i] >= seen[i - 1]) end
+      assert.are.equal(size, seen[#seen])
+      assert.are.same({ [size] = true }, totals)
+      local stats_at = log:find("GET /_emulator/stats -> 200", 1, true)
+      local file_at = log:find("GET /files/" .. task.id .. ".png -> 200", 1, true)
+      assert.is_truthy(stats_at and file_at, log)
+      assert.is_true(stats_at < file_at, "the stats request waited for the download:\n" .. log)
+    end)
+  end)
 end)

@@ -1,6 +1,18 @@
 -- Every ```lua example of README.md runs as it is against a fresh emulator, so the docs cannot
--- drift from the code.
+-- drift from the code. And each is one a user can copy against the paid service: the requests it
+-- makes are counted, and a loop that reads without pausing fails here.
 local emulator = require "helpers.emulator"
+
+-- At most this many status reads per example: a polling loop with a pause makes a handful in
+-- these examples' second or so; one without makes thousands.
+local MAX_READS = 100
+
+-- The status reads the emulator has answered so far, whatever their outcome.
+local function reads(emu)
+  local n = 0
+  for _, count in pairs(emu:stats().requests["GET /api/v1/task/get"] or {}) do n = n + count end
+  return n
+end
 
 local function lua_blocks(path)
   local f = assert(io.open(path))
@@ -38,6 +50,7 @@ describe("README.md", function()
       local f = assert(io.open(script, "w"))
       f:write(code)
       f:close()
+      local reads_before = reads(emu)
       local cmd = table.concat({
         "cd", shell_quote(os.getenv("PWD") or "."), "&&",
         "DH3_API_KEY=" .. shell_quote(emu.key), "DH3_BASE_URL=" .. shell_quote(emu.url),
@@ -51,6 +64,8 @@ describe("README.md", function()
       os.remove(script)
       assert.is_true(ok, output)
       assert.is_nil(output:find("traceback", 1, true), output)
+      local n = reads(emu) - reads_before
+      assert.is_true(n <= MAX_READS, ("it read task status %d times: pause between reads (client:sleep)"):format(n))
     end)
   end
 end)

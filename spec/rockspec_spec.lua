@@ -33,7 +33,7 @@ describe("rockspec/dh3-scm-1.rockspec", function()
   it("installs with `luarocks make --deps-mode=none` into a fresh tree, commands included", function()
     local work = os.tmpname()
     os.remove(work)
-    assert(run("mkdir -p " .. work .. "/src && cp -r src lua bin rockspec " .. work .. "/src/"))
+    assert(run("mkdir -p " .. work .. "/src && cp -r src lua bin library rockspec " .. work .. "/src/"))
     local tree = work .. "/tree"
     local ok, out = run(("cd %s/src && luarocks --lua-version=5.4 --tree=%s make --deps-mode=none "
       .. "rockspec/dh3-scm-1.rockspec"):format(work, tree))

@@ -189,6 +189,7 @@ static const luaL_Reg dh3_core_functions[] = {
   {"journal", dh3_journal_new},
   {"trap_interrupt", dh3_core_trap_interrupt},
   {"interrupted", dh3_core_interrupted},
+  {"mkdir", dh3_fs_mkdir},
   {NULL, NULL}
 };
 

@@ -10,6 +10,7 @@
 **   json.c     the JSON bridge over a private lua-cjson instance
 **   journal.c  "dh3.journal_file": the journal's lock (on its inode), durable appends,
 **              atomic rewrite, reading without a lock
+**   fs.c       core.mkdir: a folder and its missing parents (downloads into "dir/")
 **
 ** Only luaopen_dh3_core is exported; everything here has hidden visibility.
 */
@@ -183,5 +184,8 @@ void dh3_json_open(lua_State *L);
 /* journal.c */
 void dh3_journal_open(lua_State *L);
 int dh3_journal_new(lua_State *L);
+
+/* fs.c: core.mkdir, folders and their missing parents (for downloads) */
+int dh3_fs_mkdir(lua_State *L);
 
 #endif

@@ -204,7 +204,9 @@ function Client:_api(method, path, body, task, deadline)
     if self.on_request then
       sched:call(self.on_request, {
         method = method, path = path, status = res.status, attempt = attempt, seconds = res.time,
-        error = err and err.kind or nil, task_id = task_id,
+        error = err and err.kind or nil,
+        -- a create's answer names the task it made: the hook learns its id as the caller does
+        task_id = task_id or (doc and validate.task_id(doc.task_id) and doc.task_id) or nil,
       })
     end
     if doc then return doc end

@@ -43,14 +43,30 @@ function M.is_directory(path)
   return code == 21 -- EISDIR
 end
 
+--- Makes the folder `path` and its missing parents (mode 0777 less the umask), as `mkdir -p`
+-- does: the one way dh3 makes folders, the command line's too. true (also when it exists), or
+-- nil, message.
+function M.make_folder(path)
+  return require("dh3.core").mkdir(path)
+end
+
 --- The destination paths for `images` given `dest` (a folder, or a file path): distinct, so that
 -- two images of one call never aim at one name. With a file path and several images, the second
 -- and later get -2, -3 before the extension (as the C core names a taken path's next names).
+-- A folder given as "dir/" is made here when missing, with its parents. A file path's folder is
+-- not: a mistyped folder name should not quietly become a new tree, so the download then fails
+-- with kind io ("ends in /" is how to ask for a folder). Returns the paths, and an error (kind
+-- io) as a second value when the folder could not be made: then the download fails the same way
+-- when it starts, since nothing can be written there.
 function M.plan(task_id, images, dest)
-  local paths = {}
+  local paths, err = {}, nil
   if dest:sub(-1) == "/" or M.is_directory(dest) then
     local folder = dest:gsub("/+$", "")
     if folder == "" then folder = "/" end
+    if not M.is_directory(folder) then
+      local ok, why = M.make_folder(folder)
+      if not ok then err = errors.new("io", errors.sanitize(why, 300), { task_id = task_id }) end
+    end
     local used = {}
     for i, img in ipairs(images) do
       local ext = EXT_BY_TYPE[img.content_type] or "img"
@@ -79,7 +95,7 @@ function M.plan(task_id, images, dest)
       end
     end
   end
-  return paths
+  return paths, err
 end
 
 --- The outcome of one finished download: its path (or its bytes, for one kept in memory),

@@ -23,6 +23,15 @@ function M.is_error(v)
   return require("dh3.errors").is_error(v)
 end
 
+--- Seconds on a monotonic clock (CLOCK_MONOTONIC: it never jumps with the wall clock), as a
+-- float: the clock of every dh3 deadline, for measuring time in your own loops. Only
+-- differences mean anything. The first call loads dh3.core (and libcurl) if nothing has yet.
+local core_now
+function M.now()
+  if not core_now then core_now = require("dh3.core").now end
+  return core_now()
+end
+
 -- dh3.webhook (parse, deduplicator), loaded on first use.
 return setmetatable(M, {
   __index = function(t, k)

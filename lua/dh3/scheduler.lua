@@ -23,6 +23,7 @@ local CANCELLED = M.CANCELLED
 -- The longest a blocking wait stays inside one perform: a wake-up on network activity comes
 -- sooner; this only bounds the time between checks of the blocking caller's own condition.
 local MAX_BLOCK = 1.0
+local PROGRESS_PERIOD = 0.1
 
 -- Where an error of a spawned coroutine or of a user's callback goes by default. `trace`, for a
 -- callback, is the traceback taken where it raised (a coroutine's is read from the coroutine).
@@ -121,6 +122,8 @@ end
 function Scheduler:_wait_limit(limit)
   local next_timer = self.timers[1]
   if #self.ready > 0 then return 0 end
+  -- a download's progress is read between waits: a bar fed by a blocking call moves 10 times a second
+  if limit > PROGRESS_PERIOD and next(self.progress) then limit = PROGRESS_PERIOD end
   if next_timer then
     local until_timer = next_timer.at - core.now()
     if until_timer < limit then limit = until_timer end

@@ -30,8 +30,8 @@ M.SPECS = {
   { "callback_retry_delay", "seconds", 1, "first delay between callback attempts (then x2, x4)", runtime = true },
   { "idle_timeout", "positive", 30, "seconds before an idle connection is closed" },
   { "max_body", "count", 1024 * 1024, "largest request body in bytes; larger ones get 413" },
-  { "download_rate", "count", 0, "bytes per second each image file is sent at, to watch progress and "
-    .. "test timeouts (0: at full speed); other connections go on meanwhile", runtime = true,
+  { "download_rate", "count", 0, "send each image file at this many bytes per second (0: at full "
+    .. "speed), to watch progress bars or test timeouts; other connections go on", runtime = true,
     argname = "<BYTES_PER_SECOND>" },
   { "log", "flag", false, "log each request to stderr: the API, image files (when sent), /_emulator" },
   { "tls_cert", "file", nil, "serve HTTPS with this PEM certificate (chain); needs --tls-key and luasec" },
