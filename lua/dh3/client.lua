@@ -12,7 +12,7 @@ local poller = require "dh3.poller"
 
 local M = {}
 
-local now, min = core.now, math.min
+local min = math.min
 local from_response, CANCELLED = errors.from_response, scheduler.CANCELLED
 
 local Client = {}
@@ -62,7 +62,9 @@ local function check_text(name, v, header)
 end
 
 --- dh3.new: a client, or nil, err when no usable key or base URL is given.
-function M.new(opts, version)
+-- `stand_in` is for specs only: {engine = ..., now = ...} replaces the C engine and the clock,
+-- so that the logic above the engine runs on a clock the spec drives (spec/helpers/fake_engine).
+function M.new(opts, version, stand_in)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then
     error(("bad argument #1 to 'new' (table expected, got %s)"):format(type(opts)), 2)
@@ -99,7 +101,7 @@ function M.new(opts, version)
     if not journal then return nil, jerr end
   end
 
-  local engine = core.engine{
+  local engine = stand_in and stand_in.engine or core.engine{
     -- "libcurl/7.88.1" only: curl_version() goes on to list every library libcurl was built
     -- with (200 bytes more in every request, and more than a server needs to know)
     user_agent = opts.user_agent or ("dh3-lua/" .. version .. " " .. core.curl_version:match("^%S+")),
@@ -115,14 +117,15 @@ function M.new(opts, version)
     retry_delay = opts.retry_delay or DEFAULTS.retry_delay,
     on_request = opts.on_request,
     _engine = engine,
-    _sched = scheduler.new(engine),
-    _pacer = qps and ratelimit.new(qps) or nil,
+    _sched = scheduler.new(engine, stand_in and stand_in.now),
+    _pacer = nil, -- set below: it waits through the scheduler
     _journal = journal,
     _tasks = setmetatable({}, { __mode = "v" }), -- [task id] = task, for webhook deliveries
     _creates = {}, -- [request] = true for each create in flight: close() lets them finish
     _closing = false,
   }, Client)
   self._downloads = self._sched:semaphore(M.MAX_DOWNLOADS)
+  if qps then self._pacer = ratelimit.new(qps, self._sched) end
   -- built once; the key lives only here and in the engine's outgoing requests
   request_of[self] = {
     headers = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" },
@@ -149,7 +152,7 @@ end
 --- One API call about `task`, with its retries: the create (POST contract.CREATE_PATH, `body`
 -- the input), which follows the non-idempotent create rules and is never cut short, or a read
 -- (GET contract.GET_PATH; the task's id goes in the URL's query, not in `path`, which the
--- on_request hook sees), which the task's cancel token can stop. `deadline` (core.now() based),
+-- on_request hook sees), which the task's cancel token can stop. `deadline` (on sched.now),
 -- optional, bounds the whole call. Returns the decoded answer (body code 200), or nil, err.
 function Client:_api(method, path, body, task, deadline)
   local sched = self:_scheduler()
@@ -168,7 +171,7 @@ function Client:_api(method, path, body, task, deadline)
     end
     local timeout = self.timeout
     if deadline then
-      timeout = min(timeout, deadline - now())
+      timeout = min(timeout, deadline - sched.now())
       if timeout <= 0 then
         return nil, errors.new("timeout", "no time left for the request", { task_id = task_id })
       end
@@ -176,7 +179,7 @@ function Client:_api(method, path, body, task, deadline)
     local slot
     if is_create then
       if self._pacer then
-        slot = self._pacer:acquire(function(s) return sched:sleep(s) end)
+        slot = self._pacer:acquire()
         if not slot then return nil, closing_error(nil, "the create was not sent, nothing was created") end
       end
       -- The intent goes on disk once the create is about to leave (after pacing: a crash while
@@ -224,7 +227,7 @@ function Client:_api(method, path, body, task, deadline)
     end
     if not retryable or attempt > self.max_retries then return nil, err end
     local delay = retry.backoff(attempt, self.retry_delay, err.retry_after)
-    if not delay or deadline and now() + delay >= deadline then return nil, err end
+    if not delay or deadline and sched.now() + delay >= deadline then return nil, err end
     sched:sleep(delay, token)
     if token and token.cancelled then return nil, errors.cancelled(task_id) end
   end
@@ -409,10 +412,11 @@ function Client:close()
   if self._listener then self._listener:close() end
   local sched = self._sched
   sched:begin_close(self._creates)
+  if self._pacer then self._pacer:abort() end
   -- each create in flight ends by its own request timeout at the latest; the bound below only
   -- guards against a clock that misbehaves
-  local give_up = now() + self.timeout + 5
-  while next(self._creates) and now() < give_up do
+  local give_up = sched.now() + self.timeout + 5
+  while next(self._creates) and sched.now() < give_up do
     sched:step(sched:_wait_limit(1.0))
   end
   sched:step(0) -- what the last answers woke runs now, and sees the client closing

@@ -37,9 +37,13 @@ local function default_error_handler(err, co, trace)
   end
 end
 
-function M.new(engine)
+--- A scheduler driving `engine` (a dh3.core engine, or a stand-in with the same methods), its
+-- time read from `now` (default dh3.core.now): every timing decision of dh3 (timers, deadlines,
+-- pacing, polling intervals) reads sched.now, so a spec can run them on a clock it drives.
+function M.new(engine, now)
   return setmetatable({
     engine = engine,
+    now = now or core.now,
     threads = {},   -- [coroutine] = true for every live coroutine started by spawn
     nthreads = 0,
     -- [coroutine] = the request it is suspended on (false between waits). Keyed by coroutine, a
@@ -125,7 +129,7 @@ function Scheduler:_wait_limit(limit)
   -- a download's progress is read between waits: a bar fed by a blocking call moves 10 times a second
   if limit > PROGRESS_PERIOD and next(self.progress) then limit = PROGRESS_PERIOD end
   if next_timer then
-    local until_timer = next_timer.at - core.now()
+    local until_timer = next_timer.at - self.now()
     if until_timer < limit then limit = until_timer end
   end
   return limit > 0 and limit or 0
@@ -168,7 +172,7 @@ function Scheduler:step(wait)
   if next(self.progress) then self:_report_progress() end
   local timers = self.timers
   if timers[1] then
-    local now = core.now()
+    local now = self.now()
     while timers[1] and timers[1].at <= now do
       local timer = heap.pop(timers)
       if not timer.cancelled then self:_resume(timer.co) end
@@ -225,7 +229,7 @@ end
 function Scheduler:sleep(seconds, token)
   if self.closing then return false end
   local co = current(self)
-  local at = core.now() + seconds
+  local at = self.now() + seconds
   if co then
     local timer = { at = at, co = co }
     if token then token.timer = timer end
@@ -235,7 +239,7 @@ function Scheduler:sleep(seconds, token)
     return not self.closing
   end
   while not (token and (token.cancelled or token.woken)) and not self.closing do
-    local left = at - core.now()
+    local left = at - self.now()
     if left <= 0 then break end
     self:step(self:_wait_limit(left))
   end
@@ -434,6 +438,18 @@ function Scheduler:wait_event(ev)
   end
   while not ev.set and not self.closed do
     self:step(self:_wait_limit(MAX_BLOCK))
+  end
+end
+
+--- Sets `ev`; the coroutines waiting for it resume on the next turn of the loop, after the
+-- caller has gone on (set_event resumes them at once, inside the caller's call).
+function Scheduler:signal(ev)
+  ev.set = true
+  local waiters = ev.waiters
+  if waiters[1] then
+    ev.waiters = {}
+    local ready = self.ready
+    for _, co in ipairs(waiters) do ready[#ready + 1] = co end
   end
 end
 
