@@ -83,12 +83,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ctl = data[0];
   end = (ctl >> 6) & 3;
 
-  /* a request as dh3_request_new leaves it, with no header list, file or engine */
+  /* a request as dh3_request_new leaves it, with no header list, file or engine (its
+     flight, engine.c's, is of no concern to the functions of request.c fed here) */
   memset(&req, 0, sizeof(req));
   req.max_body = dh3_fuzz_max_bodies[(ctl >> 3) & 3];
   req.expect_size = (ctl & 0x20) ? DH3_FUZZ_EXPECT : -1;
   req.content_length_n = -1;
-  req.state = DH3_REQ_ACTIVE;
   req.easy = &easy;
 
   code = end == 3 ? CURLE_COULDNT_CONNECT : dh3_fuzz_transfer(&req, data + 1, size - 1,
@@ -106,7 +106,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   dh3_request_complete(&req, code);
   req.status = req.status_seen; /* what CURLINFO_RESPONSE_CODE says of a real transfer */
-  req.state = DH3_REQ_DONE;
   if (req.note != NULL && memchr(req.note, '\0', DH3_NOTE_SIZE) == NULL)
     dh3_fuzz_fail("note not terminated");
 

@@ -25,7 +25,8 @@ build = {
   type = "builtin",
   modules = {
     ["dh3.core"] = {
-      sources = { "src/core.c", "src/engine.c", "src/request.c", "src/json.c", "src/journal.c", "src/fs.c" },
+      sources = { "src/core.c", "src/engine.c", "src/request.c", "src/pool.c", "src/util.c",
+                  "src/json.c", "src/journal.c", "src/fs.c", "src/interrupt.c" },
       libraries = { "curl" },
       libdirs = { "$(CURL_LIBDIR)" },
       defines = {},

@@ -286,6 +286,11 @@ local function fetch(engine, opts)
   return got[1][1], got[1][2]
 end
 
+-- A request's state as its __tostring says it: "active", "done", "delivered", "cancelled".
+local function state_of(req)
+  return (tostring(req):match(", (%a+)%)$"))
+end
+
 -- Performs until fn() is true (or fails after a while).
 local function perform_until(engine, fn)
   local deadline = core.now() + 10 * SLOW
@@ -489,15 +494,15 @@ describe("dh3.core", function()
       e2:close()
     end)
 
-    it("sends a default user agent naming dh3", function()
+    it("sends no User-Agent without user_agent (the Lua layer always gives one)", function()
       local e = core.engine()
       local res = fetch(e, { url = server.url .. "/echo" })
-      assert.matches("^dh3%-lua/0%.1%.0 libcurl/%S+$", core.json_decode(res.body).headers["user-agent"])
+      assert.is_nil(core.json_decode(res.body).headers["user-agent"])
       e:close()
     end)
 
     it("sends the caller's own User-Agent instead of its own, once", function()
-      local e = core.engine()
+      local e = core.engine{ user_agent = "spec/1" }
       local res = fetch(e, { url = server.url .. "/echo", headers = { "user-agent: mine/2" } })
       assert.are.equal("mine/2", core.json_decode(res.body).headers["user-agent"])
       e:close()
@@ -505,7 +510,7 @@ describe("dh3.core", function()
 
     it("sends each request its own headers while requests with other headers are in flight", function()
       -- four header sets, more than the engine keeps lists for (DH3_HEADER_CACHE), all in flight at once
-      local e = core.engine()
+      local e = core.engine{ user_agent = "spec/1" }
       local sets = { { "X-Set: a" }, { "X-Set: b", "X-More: 1" }, {}, { "X-Set: a" }, { "X-Set: c" }, { "X-Set: b", "X-More: 1" } }
       for i, h in ipairs(sets) do
         assert(e:request{ url = server.url .. "/echo", headers = h, context = i })
@@ -517,7 +522,7 @@ describe("dh3.core", function()
         local want = sets[pair[2]]
         assert.are.equal(want[1] and want[1]:match(": (.*)") or nil, seen["x-set"])
         assert.are.equal(want[2] and "1" or nil, seen["x-more"])
-        assert.matches("^dh3%-lua/%S+ libcurl/%S+$", seen["user-agent"]) -- once
+        assert.are.equal("spec/1", seen["user-agent"]) -- once
       end
       e:close()
     end)
@@ -552,7 +557,7 @@ describe("dh3.core", function()
         req = assert(e:request{ url = server.url .. "/slow/2000" })
         e:perform(0)
       end
-      assert.are.equal("cancelled", req:state())
+      assert.are.equal("cancelled", state_of(req))
     end)
 
     describe("request()", function()
@@ -605,10 +610,10 @@ describe("dh3.core", function()
       it("says what it is", function()
         local req = assert(e:request{ url = server.url .. "/bytes/1" })
         assert.matches("^dh3%.request %(.*GET, active%)$", tostring(req))
-        assert.are.equal("active", req:state())
+        assert.are.equal("active", state_of(req))
         assert.is_nil(req:info()) -- no diagnostics before the transfer ends
         drain(e)
-        assert.are.equal("delivered", req:state())
+        assert.are.equal("delivered", state_of(req))
         assert.are.equal(1, req:info().connects)
       end)
     end)
@@ -870,6 +875,118 @@ describe("dh3.core", function()
       end)
     end)
 
+    describe("one pooled easy handle, request after request", function()
+      -- max_connections = 1: the pool keeps one idle handle, and requests made one after
+      -- another all go through it (info().handle_uses counts its transfers). Each row's
+      -- options differ from the row before, and each row checks that none of the earlier
+      -- ones stayed on the handle.
+      local e
+      before_each(function() e = core.engine{ max_connections = 1, user_agent = "spec/1" } end)
+      after_each(function()
+        e:close()
+        assert.are.same({}, temp_files(tmpdir))
+      end)
+
+      local function echo(res) return core.json_decode(res.body) end
+
+      local rows = {
+        { "a POST with a body and headers of its own",
+          { method = "POST", url = "/echo", body = "a\0body", headers = { "X-Extra: yes" } },
+          function(res, info)
+            local got = echo(res)
+            assert.are.equal("POST", got.method)
+            assert.are.equal("a\0body", got.body)
+            assert.are.equal("yes", got.headers["x-extra"])
+            assert.are.equal(1, info.connects) -- a create goes on a connection of its own
+            assert.are.equal("1.1", info.http_version)
+          end },
+        { "then a GET: no body, not a POST, none of those headers, a reused connection",
+          { url = "/echo" },
+          function(res, info)
+            local got = echo(res)
+            assert.are.equal("GET", got.method)
+            assert.are.equal("", got.body)
+            assert.is_nil(got.headers["content-length"])
+            assert.is_nil(got.headers["x-extra"])
+            assert.is_nil(got.headers["expect"])
+            assert.are.equal("spec/1", got.headers["user-agent"])
+            assert.are.equal(0, info.connects) -- FRESH_CONNECT went with the POST
+          end },
+        { "a HEAD",
+          { method = "HEAD", url = "/bytes/100" },
+          function(res, info)
+            assert.are.equal(200, res.status)
+            assert.are.equal("", res.body)
+            assert.are.equal(100, info.content_length)
+          end },
+        { "then a GET of the same: the body comes",
+          { url = "/bytes/100" },
+          function(res)
+            assert.are.equal(pattern_bytes(100), res.body)
+          end },
+        { "a HEAD again, then a POST: it sends its body",
+          { method = "HEAD", url = "/bytes/10" },
+          function(res) assert.are.equal("", res.body) end },
+        { "(the POST)",
+          { method = "POST", url = "/echo", body = "{}" },
+          function(res)
+            local got = echo(res)
+            assert.are.equal("POST", got.method)
+            assert.are.equal("{}", got.body)
+          end },
+        { "a download that follows a redirect",
+          { url = "/redirect", follow_redirects = true, download_to = "pooled.bin", expect_size = 10 },
+          function(res)
+            assert.is_true(res.ok, res.message)
+            assert.are.equal(pattern_bytes(10), read_file(res.path))
+            os.remove(res.path)
+          end },
+        { "then an API GET that does not: it gets the redirect itself, in memory",
+          { url = "/redirect" },
+          function(res)
+            assert.are.equal(302, res.status)
+            assert.are.equal("moved", res.body)
+            assert.is_nil(res.path)
+          end },
+        { "a request with a short timeout",
+          { url = "/slow/600", timeout = 0.2 },
+          function(res)
+            assert.are.equal("OPERATION_TIMEDOUT", res.curl_error)
+          end },
+        { "then one without: it waits as long as the answer takes",
+          { url = "/slow/600" },
+          function(res)
+            assert.is_true(res.ok, res.message)
+            assert.are.equal("slow", res.body)
+          end },
+      }
+
+      it("sends each request with its own options and nothing of the one before", function()
+        local failed = {} -- every row runs, so that a failure names each option that leaked
+        for i, row in ipairs(rows) do
+          local opts = {}
+          for k, v in pairs(row[2]) do opts[k] = v end
+          opts.url = server.url .. opts.url
+          if opts.download_to then opts.download_to = tmpdir .. "/" .. opts.download_to end
+          local res = fetch(e, opts)
+          local info = res.request:info()
+          assert.are.equal(i, info.handle_uses, row[1]) -- the same handle, its ith transfer
+          local ok, err = pcall(row[3], res, info)
+          if not ok then failed[#failed + 1] = i .. " " .. row[1] .. ": " .. tostring(err) end
+        end
+        assert.are.same({}, failed)
+      end)
+
+      it("counts a new handle's first transfer as 1, and a second handle's apart", function()
+        local a = assert(e:request{ url = server.url .. "/slow/100" })
+        local b = assert(e:request{ url = server.url .. "/bytes/1" })
+        drain(e)
+        assert.are.same({ 1, 1 }, { a:info().handle_uses, b:info().handle_uses })
+        -- both went back, but the pool keeps one: the next request reuses it
+        assert.are.equal(2, fetch(e, { url = server.url .. "/bytes/1" }).request:info().handle_uses)
+      end)
+    end)
+
     describe("downloads", function()
       local e
       before_each(function() e = core.engine() end)
@@ -888,7 +1005,7 @@ describe("dh3.core", function()
         assert.are.equal(1, #got)
         assert.is_true(got[1][1].ok)
         assert.are.equal(dest, got[1][1].path)
-        assert.are.equal("delivered", req:state())
+        assert.are.equal("delivered", state_of(req))
         assert.are.equal(pattern_bytes(50000), read_file(dest))
         os.remove(dest)
       end)
@@ -969,7 +1086,7 @@ describe("dh3.core", function()
         perform_until(e, function() return req:progress() > 0 end)
         assert.are.equal(1, #temp_files(tmpdir))
         assert.is_true(req:cancel())
-        assert.are.equal("cancelled", req:state())
+        assert.are.equal("cancelled", state_of(req))
         assert.are.same({}, temp_files(tmpdir))
         assert.are.same({ 0, 0 }, { e:pending() })
         e:perform(0.1)
@@ -983,7 +1100,7 @@ describe("dh3.core", function()
       it("cancel() of a finished, undelivered request drops it from the queue", function()
         local req = assert(e:request{ url = server.url .. "/bytes/10" })
         perform_until(e, function() return select(2, e:pending()) == 1 end)
-        assert.are.equal("done", req:state())
+        assert.are.equal("done", state_of(req))
         assert.is_true(req:cancel())
         assert.are.same({ 0, 0 }, { e:pending() })
         assert.is_nil(e:next_done())
@@ -1047,12 +1164,12 @@ describe("dh3.core", function()
         local r1 = assert(e:request{ url = server.url .. "/drip/200000/10", download_to = tmpdir .. "/a.bin" })
         local r2 = assert(e:request{ url = server.url .. "/slow/2000" })
         local r3 = assert(e:request{ url = server.url .. "/bytes/10" })
-        perform_until(e, function() return r1:progress() > 0 and r3:state() == "done" end)
+        perform_until(e, function() return r1:progress() > 0 and state_of(r3) == "done" end)
         assert.are.equal(1, #temp_files(tmpdir))
         e:close()
-        assert.are.equal("cancelled", r1:state())
-        assert.are.equal("cancelled", r2:state())
-        assert.are.equal("cancelled", r3:state())
+        assert.are.equal("cancelled", state_of(r1))
+        assert.are.equal("cancelled", state_of(r2))
+        assert.are.equal("cancelled", state_of(r3))
         assert.is_false(r1:cancel())
         assert.are.same({}, temp_files(tmpdir))
         assert.is_nil(read_file(tmpdir .. "/a.bin"))
@@ -1085,7 +1202,7 @@ describe("dh3.core", function()
         end
         collectgarbage()
         collectgarbage()
-        assert.are.equal("cancelled", req:state())
+        assert.are.equal("cancelled", state_of(req))
         assert.is_false(req:cancel())
         assert.are.same({}, temp_files(tmpdir))
       end)
@@ -1100,7 +1217,7 @@ describe("dh3.core", function()
         local got = drain(e)
         assert.are.equal(1, #got)
         assert.are.equal("mine", got[1][2])
-        assert.are.equal("delivered", got[1][1].request:state())
+        assert.are.equal("delivered", state_of(got[1][1].request))
         assert.are.equal(200, got[1][1].status)
         got = nil
         collectgarbage()
@@ -1118,7 +1235,7 @@ describe("dh3.core", function()
         end
         assert.are.same({ 0, 0 }, { e:pending() })
         assert.matches("closed", tostring(outer))
-        assert.has_error(function() outer:state() end, "dh3.request: attempt to use a closed request")
+        assert.has_error(function() outer:progress() end, "dh3.request: attempt to use a closed request")
         assert.has_error(function() outer:cancel() end)
         e:close()
       end)
@@ -1145,6 +1262,62 @@ describe("dh3.core", function()
         assert.is_true(ok)
         assert.are.same({}, temp_files(tmpdir))
       end)
+    end)
+  end)
+
+  describe("C sources", function()
+    -- The code of src/NAME.c without its comments.
+    local function code_of(name)
+      return (assert(read_file("src/" .. name .. ".c"), name):gsub("/%*.-%*/", " "))
+    end
+
+    -- Which files each file may call (dh3.h draws the same tree): functions are named
+    -- dh3_<file>_<verb>, so a call into another file names that file.
+    local calls = {
+      core = { engine = true, journal = true, json = true, fs = true, interrupt = true, util = true },
+      engine = { request = true, pool = true, util = true },
+      request = { pool = true, util = true },
+      pool = {}, util = {}, json = {}, journal = {}, fs = {}, interrupt = {},
+    }
+
+    it("call down the tree that dh3.h draws, never up or sideways", function()
+      local wrong = {}
+      for name, allowed in pairs(calls) do
+        for callee in code_of(name):gmatch("dh3_(%l+)_[%w_]+") do
+          if calls[callee] and callee ~= name and not allowed[callee] then
+            wrong[#wrong + 1] = name .. ".c calls " .. callee .. ".c"
+          end
+        end
+      end
+      assert.are.same({}, wrong)
+      -- and every C file of src/ is in that tree
+      local p = io.popen("ls src/*.c")
+      for path in p:lines() do
+        assert.is_truthy(calls[path:match("([%w_]+)%.c$")], path .. " is not in the tree")
+      end
+      p:close()
+    end)
+
+    it("change a request's flight (state, lists, anchor) in engine.c only", function()
+      for name in pairs(calls) do
+        if name ~= "engine" then assert.is_nil(code_of(name):find("flight", 1, true), name) end
+      end
+    end)
+
+    it("set a request's libcurl options through request.c's table only", function()
+      -- pool.c sets the engine's options, once per handle; request.c sets options only in
+      -- the expansions of DH3_REQUEST_OPTIONS, whose option parameter is named `option`
+      local n = 0
+      for args in code_of("request"):gmatch("curl_easy_setopt%(([^,]*,[^,]*),") do
+        assert.are.equal("h, option", args)
+        n = n + 1
+      end
+      assert.are.equal(2, n) -- setting a request's values, and putting the defaults back
+      for name in pairs(calls) do
+        if name ~= "request" and name ~= "pool" then
+          assert.is_nil(code_of(name):find("curl_easy_setopt", 1, true), name)
+        end
+      end
     end)
   end)
 end)

@@ -1,18 +1,33 @@
 /*
 ** dh3.h: the one internal header of the C core (the Lua module `dh3.core`).
 **
-** Objects, one C file each:
-**   core.c     luaopen_dh3_core, module functions, curl_global_init, curl error names
-**   engine.c   "dh3.engine": the multi handle, the pool of idle easy handles,
-**              the in-flight list and the FIFO done queue
-**   request.c  "dh3.request": one transfer (options, callbacks, memory body or
-**              streamed temp file, the result facts)
-**   json.c     the JSON bridge over a private lua-cjson instance
-**   journal.c  "dh3.journal_file": the journal's lock (on its inode), durable appends,
-**              atomic rewrite, reading without a lock
-**   fs.c       core.mkdir: a folder and its missing parents (downloads into "dir/")
+** The files, what each owns, and which of the others it calls. The calls go down this
+** tree only, never up or sideways, so each file can be read (and changed) knowing only
+** the ones below it:
 **
-** Only luaopen_dh3_core is exported; everything here has hidden visibility.
+**   core.c       the module's entry: luaopen_dh3_core, the function table,
+**                curl_global_init once per process, the pin
+**                calls engine, journal, json, fs, interrupt, util
+**   engine.c     "dh3.engine" and being in flight: the multi handle; adding a request,
+**                anchoring it, every change of its state, cancelling, releasing; the
+**                active list and the done queue; the methods of "dh3.request"
+**                calls request, pool, util
+**   request.c    one transfer, built and finished: its options (parsed, and set on a
+**                handle through one table), the header and body callbacks, the temp
+**                file and its placement, the result table
+**                calls pool, util
+**   pool.c       idle easy handles (made with the engine's options) and the shared
+**                request header lists                       calls nothing of ours
+**   util.c       the clock and HTTP dates, option-field checks, curl error names
+**                                                           calls nothing of ours
+**   json.c       the JSON bridge over a private lua-cjson   calls nothing of ours
+**   journal.c    "dh3.journal_file": the journal's lock, durable appends, atomic
+**                rewrite, reading without a lock            calls nothing of ours
+**   fs.c         core.mkdir                                 calls nothing of ours
+**   interrupt.c  core.trap_interrupt, core.interrupted      calls nothing of ours
+**
+** Below, each file's interface is in a section of its own. Only luaopen_dh3_core is
+** exported; everything here has hidden visibility.
 */
 #ifndef DH3_H
 #define DH3_H
@@ -44,44 +59,61 @@
 #define DH3_MAX_HEADER_BYTES ((size_t)16 * 1024) /* all header lines of one response */
 #define DH3_MAX_REDIRS 5L
 #define DH3_MAX_POOL 256 /* idle easy handles kept at most */
+#define DH3_NOTE_SIZE 320
 
-/* user value slots */
-#define DH3_ENGINE_UV_ANCHORS 1  /* engine: {[luaL_ref] = request userdata} */
-#define DH3_REQUEST_UV_CONTEXT 1 /* request: the caller's context value */
-#define DH3_REQUEST_UV_ANCHORS 2 /* request: its engine's anchor table while anchored */
+/* {======================================================================
+** util.c
+** ======================================================================= */
+double dh3_util_now(void);
+const char *dh3_util_error_name(CURLcode code);
+void dh3_util_check_fields(lua_State *L, int idx, const char *const *fields);
+int dh3_util_now_l(lua_State *L);            /* core.now */
+int dh3_util_parse_http_date(lua_State *L);  /* core.parse_http_date */
+/* }====================================================================== */
+
+/* {======================================================================
+** pool.c
+** ======================================================================= */
+
+/* An easy handle, pooled, with what lives as long as it does. */
+typedef struct dh3_easy {
+  CURL *curl;
+  unsigned long uses;           /* transfers it was taken for (request:info().handle_uses) */
+  char errbuf[CURL_ERROR_SIZE]; /* CURLOPT_ERRORBUFFER */
+} dh3_easy;
+
+/* A request header list, shared by the requests that send the same headers: the pool keeps
+   the DH3_HEADER_CACHE it made last, and each request holds a reference while its transfer
+   runs (libcurl reads the list then, and does not copy it). */
+typedef struct dh3_headers {
+  struct curl_slist *list;
+  int refs;
+} dh3_headers;
+#define DH3_HEADER_CACHE 3 /* a client's reads, its creates (with "Expect:"), its downloads */
+
+typedef struct dh3_pool {
+  dh3_easy **idle; /* idle handles, pointing at nothing of a request's */
+  int len, cap;
+  const char *ca_file, *proxy; /* the engine's (borrowed: it outlives the pool's use of them) */
+  dh3_headers *headers[DH3_HEADER_CACHE]; /* most recent first; each holds a reference */
+  int closed;
+} dh3_pool;
+
+int dh3_pool_init(dh3_pool *p, int cap, const char *ca_file, const char *proxy);
+dh3_easy *dh3_pool_take(dh3_pool *p, CURLcode *rc);
+void dh3_pool_give(dh3_pool *p, dh3_easy *easy);
+void dh3_pool_free_easy(dh3_easy *easy);
+dh3_headers *dh3_pool_headers(dh3_pool *p, const char *const *lines, int n);
+void dh3_pool_release_headers(dh3_headers *h);
+void dh3_pool_close(dh3_pool *p);
+/* }====================================================================== */
+
+/* {======================================================================
+** request.c
+** ======================================================================= */
 
 typedef struct dh3_engine dh3_engine;
 typedef struct dh3_request dh3_request;
-typedef struct dh3_easy dh3_easy;
-typedef struct dh3_headers dh3_headers;
-
-/* A request header list, shared by the requests that send the same headers: the engine keeps
-   the DH3_HEADER_CACHE it made last, and each request holds a reference while its transfer
-   runs (libcurl reads the list then, and does not copy it). */
-struct dh3_headers {
-  struct curl_slist *list;
-  int refs;
-};
-#define DH3_HEADER_CACHE 3 /* a client's reads, its creates (with "Expect:"), its downloads */
-
-/* An easy handle, pooled by its engine, with what lives as long as it does. The options
-   that are the same for every request of an engine are set once, when the handle is made
-   (dh3_engine_take_easy); a request sets only its own (request.c), so a handle is never
-   reset between transfers. */
-struct dh3_easy {
-  CURL *curl;
-  int big_buffer;               /* CURLOPT_BUFFERSIZE is raised (a download's) */
-  char errbuf[CURL_ERROR_SIZE]; /* CURLOPT_ERRORBUFFER */
-};
-
-#define DH3_NOTE_SIZE 320
-
-/* curl_easy_setopt(h, opt, val), returning its error from the calling function (which has
-   CURL *h and CURLcode rc in scope): for the option sets of engine.c and request.c */
-#define DH3_SET(opt, val)                                            \
-  do {                                                               \
-    if ((rc = curl_easy_setopt(h, opt, val)) != CURLE_OK) return rc; \
-  } while (0)
 
 typedef enum {
   DH3_REQ_NEW = 0,   /* being set up inside engine:request (never seen by Lua) */
@@ -91,29 +123,26 @@ typedef enum {
   DH3_REQ_CANCELLED  /* cancelled, or its engine was closed before delivery */
 } dh3_req_state;
 
-struct dh3_engine {
-  CURLM *multi;
-  dh3_easy **pool; /* idle easy handles, pointing at no request */
-  int pool_len, pool_cap;
-  dh3_request *active; /* doubly linked list of ACTIVE requests */
-  dh3_request *done_head, *done_tail; /* FIFO of DONE requests (next pointers) */
-  int n_active, n_done;
-  char *user_agent, *ca_file, *proxy; /* owned, malloc'd */
-  char *ua_header;                     /* "User-Agent: " user_agent */
-  dh3_headers *headers[DH3_HEADER_CACHE]; /* most recent first; each holds a reference */
-  size_t max_body;
-  long max_connections;
-  int closed;
-};
-
-struct dh3_request {
-  dh3_engine *engine; /* non-NULL while ACTIVE or DONE; an engine that closes clears it */
-  dh3_easy *easy;     /* owned while ACTIVE (or NEW); back to the pool once finished */
+/* A request being in flight: engine.c's alone (request.c only zeroes it, making a request). */
+typedef struct dh3_flight {
+  dh3_engine *engine;       /* non-NULL while ACTIVE or DONE; an engine that closes clears it */
   dh3_req_state state;
   dh3_request *prev, *next; /* links in the active list or the done queue */
-  int closed;               /* __gc / __close ran: heap freed */
   int anchor;               /* its luaL_ref in the engine's anchor table, or LUA_NOREF */
-  int method;               /* index into the method names of request.c */
+} dh3_flight;
+
+/* user values of a request userdata */
+#define DH3_REQUEST_UV_CONTEXT 1 /* the caller's context value (request.c sets it) */
+#define DH3_REQUEST_UV_ANCHORS 2 /* its engine's anchor table while anchored (engine.c's) */
+#define DH3_REQUEST_NUV 2
+
+struct dh3_request {
+  dh3_flight flight; /* engine.c's */
+  int closed;        /* __gc / __close ran: heap freed (engine.c's, which owns the methods) */
+
+  /* the rest is request.c's */
+  dh3_easy *easy;       /* owned while the transfer is built or runs; back to the pool after */
+  int method;           /* index into the method names of request.c */
   dh3_headers *headers; /* a reference, while the transfer needs it */
   size_t max_body;
   curl_off_t expect_size; /* -1: not given */
@@ -143,6 +172,7 @@ struct dh3_request {
   /* facts gathered once curl is done (dh3_request_complete) */
   CURLcode code;
   long status, http_version, request_size, connects;
+  unsigned long handle_uses; /* the easy handle's uses, this transfer included */
   curl_off_t time_total, time_connect, time_start; /* microseconds */
   /* failures only, so a request that went well allocates neither (and its userdata,
      which the collector counts, stays small) */
@@ -150,33 +180,32 @@ struct dh3_request {
   char *detail; /* libcurl's error text (a copy of the handle's errbuf), or NULL */
 };
 
-/* core.c */
-const char *dh3_core_error_name(CURLcode code);
-double dh3_core_now(void);
-void dh3_core_check_fields(lua_State *L, int idx, const char *const *fields);
-
-/* engine.c */
-void dh3_engine_open(lua_State *L);
-int dh3_engine_new(lua_State *L);
-dh3_easy *dh3_engine_take_easy(dh3_engine *e, CURLcode *rc);
-void dh3_engine_give_easy(dh3_engine *e, dh3_easy *easy);
-void dh3_engine_free_easy(dh3_easy *easy);
-dh3_headers *dh3_engine_headers(dh3_engine *e, const char *const *lines, int n);
-void dh3_headers_release(dh3_headers *h);
-void dh3_engine_link_active(dh3_engine *e, dh3_request *req);
-void dh3_engine_remove(dh3_engine *e, dh3_request *req);
-
-/* request.c */
-void dh3_request_open(lua_State *L);
-int dh3_request_new(lua_State *L, dh3_engine *e);
+int dh3_request_new(lua_State *L, dh3_pool *pool, size_t max_body, const char *ua_header,
+                    dh3_request **out);
 void dh3_request_complete(dh3_request *req, CURLcode code);
-void dh3_request_drop_transfer(dh3_request *req);
+void dh3_request_drop_transfer(dh3_request *req, dh3_pool *pool);
 void dh3_request_push_result(lua_State *L, dh3_request *req, int ud);
 void dh3_request_delivered(dh3_request *req);
+void dh3_request_free(dh3_request *req);
+void dh3_request_push_progress(lua_State *L, const dh3_request *req);
+void dh3_request_push_info(lua_State *L, const dh3_request *req);
+const char *dh3_request_describe(const dh3_request *req);
 /* the libcurl header and write callbacks: not static only so that fuzz/response.c can feed
    them a response as libcurl would */
 size_t dh3_request_on_header(char *buf, size_t size, size_t nitems, void *userdata);
 size_t dh3_request_on_body(char *ptr, size_t size, size_t nmemb, void *userdata);
+/* }====================================================================== */
+
+/* {======================================================================
+** engine.c
+** ======================================================================= */
+void dh3_engine_open(lua_State *L); /* the metatables of "dh3.engine" and "dh3.request" */
+int dh3_engine_new(lua_State *L);   /* core.engine */
+/* }====================================================================== */
+
+/* {======================================================================
+** The leaves core.c registers
+** ======================================================================= */
 
 /* json.c */
 void dh3_json_open(lua_State *L);
@@ -187,5 +216,10 @@ int dh3_journal_new(lua_State *L);
 
 /* fs.c: core.mkdir, folders and their missing parents (for downloads) */
 int dh3_fs_mkdir(lua_State *L);
+
+/* interrupt.c: core.trap_interrupt, core.interrupted */
+int dh3_interrupt_trap(lua_State *L);
+int dh3_interrupt_seen(lua_State *L);
+/* }====================================================================== */
 
 #endif

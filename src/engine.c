@@ -1,27 +1,31 @@
 /*
-** engine.c: "dh3.engine", one libcurl multi handle.
+** engine.c: "dh3.engine", one libcurl multi handle, and everything about a request being in
+** flight: adding it, anchoring it, every change of its state, cancelling and releasing it,
+** the list of ACTIVE requests and the FIFO queue of DONE ones. The methods of "dh3.request"
+** are here too, since each of them depends on that state; what they report of the transfer
+** itself comes from request.c, which builds and finishes transfers and never touches
+** req->flight. The easy handles and header lists come from the engine's pool (pool.c).
 **
-** Owns: the CURLM, a pool of idle easy handles (the connections themselves live in the
-** multi's connection cache, so reuse works whether or not an easy handle is reused), the
-** list of ACTIVE requests and the FIFO queue of DONE ones. An easy handle gets the
-** engine's own options (user agent, TLS, callbacks...) once, when it is made, and is never
-** reset: a request sets only the options of its own (request.c).
+** A request's life: NEW (engine:request, while request.c builds its transfer), ACTIVE (in
+** the multi handle), DONE (finished, queued), DELIVERED (handed out by next_done), or
+** CANCELLED (request:cancel, its close, or its engine's close, before delivery). Only this
+** file writes req->flight.state.
 **
 ** Anchoring: the engine's user value 1 is a table holding every request userdata from
 ** engine:request until next_done delivers it (or it is cancelled), so a request the caller
 ** dropped still completes and is delivered. A request is held under its luaL_ref (kept in
-** req->anchor): the references are small integers reused through luaL_ref's free list, so
-** the table is an array that stops growing at the most requests ever in flight. (Keyed by
-** request, the table had to rebuild its hash part on nearly every request once full:
-** bench/RESULTS.md.)
+** req->flight.anchor): the references are small integers reused through luaL_ref's free
+** list, so the table is an array that stops growing at the most requests ever in flight.
+** (Keyed by request, the table had to rebuild its hash part on nearly every request once
+** full: bench/RESULTS.md.)
 ** The request holds that same table as its user value 2 (so cancel can un-anchor it)
 ** but never the engine itself: an engine the caller drops is collected, and its __gc
 ** cancels whatever was in flight.
 **
 ** lua_close and the collector may finalize an engine and its requests in any order, but
 ** no memory is freed before all of their finalizers ran. So: a request finalized while
-** still on an engine's list removes itself (req->engine is valid: an engine that closes
-** first clears req->engine on every request it holds).
+** still on an engine's list removes itself (req->flight.engine is valid: an engine that
+** closes first clears it on every request it holds).
 **
 ** No Lua runs inside libcurl: perform() calls curl_multi_perform and
 ** curl_multi_info_read, and only C state changes until it returns.
@@ -33,6 +37,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define DH3_ENGINE_UV_ANCHORS 1 /* {[luaL_ref] = request userdata} */
+
+struct dh3_engine {
+  CURLM *multi;
+  dh3_pool pool; /* idle easy handles and the shared header lists */
+  dh3_request *active; /* doubly linked list of ACTIVE requests */
+  dh3_request *done_head, *done_tail; /* FIFO of DONE requests (next pointers) */
+  int n_active, n_done;
+  char *ca_file, *proxy; /* owned, malloc'd (the pool borrows them) */
+  char *ua_header;       /* "User-Agent: " and the user_agent option, or NULL: none */
+  size_t max_body;
+  long max_connections;
+  int closed;
+};
+
+static const char *const dh3_engine_state_names[] = {
+  "new", "active", "done", "delivered", "cancelled"
+};
+
 static char *dh3_engine_strdup(const char *s) {
   size_t n = strlen(s) + 1;
   char *p = malloc(n);
@@ -41,159 +64,34 @@ static char *dh3_engine_strdup(const char *s) {
 }
 
 /* {======================================================================
-** Helpers request.c uses
+** The active list and the done queue
 ** ======================================================================= */
 
-void dh3_engine_free_easy(dh3_easy *easy) {
-  if (easy == NULL) return;
-  curl_easy_cleanup(easy->curl);
-  free(easy);
-}
-
-/* The options that are the same for every request of engine e. */
-static CURLcode dh3_engine_setup_easy(dh3_engine *e, dh3_easy *easy) {
-  CURL *h = easy->curl;
-  CURLcode rc;
-  DH3_SET(CURLOPT_ERRORBUFFER, easy->errbuf);
-  DH3_SET(CURLOPT_NOSIGNAL, 1L); /* no SIGALRM into a host's process, no longjmp */
-#if LIBCURL_VERSION_NUM >= 0x075500
-  DH3_SET(CURLOPT_PROTOCOLS_STR, "http,https");
-  DH3_SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-#else
-  DH3_SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-  DH3_SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-  /* refused only by a libcurl without HTTP/2, which then speaks HTTP/1.1: fine */
-  (void)curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-  DH3_SET(CURLOPT_TCP_KEEPALIVE, 1L);
-  /* the defaults, said out loud: there is no option to turn verification off */
-  DH3_SET(CURLOPT_SSL_VERIFYPEER, 1L);
-  DH3_SET(CURLOPT_SSL_VERIFYHOST, 2L);
-  /* No CURLOPT_USERAGENT: the User-Agent goes in the request's header list (dh3_request_new),
-     which libcurl sends as it is, where the option made it format the line again for every
-     request (a tenth of its work per request: bench/RESULTS.md). */
-  if (e->ca_file != NULL) DH3_SET(CURLOPT_CAINFO, e->ca_file);
-  if (e->proxy != NULL) DH3_SET(CURLOPT_PROXY, e->proxy);
-  DH3_SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-  DH3_SET(CURLOPT_HEADERFUNCTION, dh3_request_on_header);
-  DH3_SET(CURLOPT_WRITEFUNCTION, dh3_request_on_body);
-  return CURLE_OK;
-}
-
-/* An idle easy handle from the pool, or a new one with the engine's options; NULL when
-   out of memory or an option was refused (*rc then says which error, or CURLE_OK for
-   out of memory). */
-dh3_easy *dh3_engine_take_easy(dh3_engine *e, CURLcode *rc) {
-  dh3_easy *easy;
-  *rc = CURLE_OK;
-  if (e->pool_len > 0) return e->pool[--e->pool_len];
-  easy = calloc(1, sizeof(*easy));
-  if (easy == NULL) return NULL;
-  easy->curl = curl_easy_init();
-  if (easy->curl == NULL || (*rc = dh3_engine_setup_easy(e, easy)) != CURLE_OK) {
-    dh3_engine_free_easy(easy);
-    return NULL;
-  }
-  return easy;
-}
-
-/* Takes back an easy handle that is not (or no longer) in the multi handle. */
-void dh3_engine_give_easy(dh3_engine *e, dh3_easy *easy) {
-  if (easy == NULL) return;
-  if (!e->closed && e->pool_len < e->pool_cap) {
-    /* An idle handle points at nothing of the request's, which may be freed long before
-       the handle is taken again: its header list (freed once the transfer is done), its
-       callback data. The URL and a POST body stay copied inside the handle until the next
-       request replaces them (neither holds the key: it is only in the header list). */
-    (void)curl_easy_setopt(easy->curl, CURLOPT_PRIVATE, (void *)NULL);
-    (void)curl_easy_setopt(easy->curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
-    (void)curl_easy_setopt(easy->curl, CURLOPT_HEADERDATA, (void *)NULL);
-    (void)curl_easy_setopt(easy->curl, CURLOPT_WRITEDATA, (void *)NULL);
-    e->pool[e->pool_len++] = easy;
-  } else {
-    dh3_engine_free_easy(easy);
-  }
-}
-
-/* {======================================================================
-** Header lists shared by requests
-** ======================================================================= */
-
-void dh3_headers_release(dh3_headers *h) {
-  if (h != NULL && --h->refs == 0) {
-    curl_slist_free_all(h->list);
-    free(h);
-  }
-}
-
-/* Whether h holds exactly lines[0..n-1], in that order. */
-static int dh3_headers_equal(const dh3_headers *h, const char *const *lines, int n) {
-  const struct curl_slist *l = h->list;
-  int i;
-  for (i = 0; i < n; i++, l = l->next)
-    if (l == NULL || strcmp(l->data, lines[i]) != 0) return 0;
-  return l == NULL;
-}
-
-/* A list of lines[0..n-1] with a reference for the caller: one of the engine's recent lists if
-   equal (no copy at all: the same headers go with every request of a client), else a new one,
-   which becomes the most recent. NULL when out of memory. */
-dh3_headers *dh3_engine_headers(dh3_engine *e, const char *const *lines, int n) {
-  dh3_headers *h;
-  int i, k;
-  for (k = 0; k < DH3_HEADER_CACHE; k++) {
-    h = e->headers[k];
-    if (h != NULL && dh3_headers_equal(h, lines, n)) {
-      for (; k > 0; k--) e->headers[k] = e->headers[k - 1];
-      e->headers[0] = h;
-      h->refs++;
-      return h;
-    }
-  }
-  h = malloc(sizeof(*h));
-  if (h == NULL) return NULL;
-  h->list = NULL;
-  h->refs = 1;
-  for (i = 0; i < n; i++) {
-    struct curl_slist *l = curl_slist_append(h->list, lines[i]);
-    if (l == NULL) {
-      dh3_headers_release(h);
-      return NULL;
-    }
-    h->list = l;
-  }
-  dh3_headers_release(e->headers[DH3_HEADER_CACHE - 1]); /* the least recent goes */
-  for (k = DH3_HEADER_CACHE - 1; k > 0; k--) e->headers[k] = e->headers[k - 1];
-  e->headers[0] = h;
-  h->refs++; /* the engine's */
-  return h;
-}
-/* }====================================================================== */
-
-void dh3_engine_link_active(dh3_engine *e, dh3_request *req) {
-  req->prev = NULL;
-  req->next = e->active;
-  if (e->active != NULL) e->active->prev = req;
+static void dh3_engine_link_active(dh3_engine *e, dh3_request *req) {
+  req->flight.prev = NULL;
+  req->flight.next = e->active;
+  if (e->active != NULL) e->active->flight.prev = req;
   e->active = req;
   e->n_active++;
 }
 
 static void dh3_engine_unlink_active(dh3_engine *e, dh3_request *req) {
-  if (req->prev != NULL) {
-    req->prev->next = req->next;
+  dh3_flight *f = &req->flight;
+  if (f->prev != NULL) {
+    f->prev->flight.next = f->next;
   } else {
-    e->active = req->next;
+    e->active = f->next;
   }
-  if (req->next != NULL) req->next->prev = req->prev;
-  req->prev = req->next = NULL;
+  if (f->next != NULL) f->next->flight.prev = f->prev;
+  f->prev = f->next = NULL;
   e->n_active--;
 }
 
 static void dh3_engine_push_done(dh3_engine *e, dh3_request *req) {
-  req->prev = e->done_tail;
-  req->next = NULL;
+  req->flight.prev = e->done_tail;
+  req->flight.next = NULL;
   if (e->done_tail != NULL) {
-    e->done_tail->next = req;
+    e->done_tail->flight.next = req;
   } else {
     e->done_head = req;
   }
@@ -202,35 +100,61 @@ static void dh3_engine_push_done(dh3_engine *e, dh3_request *req) {
 }
 
 static void dh3_engine_unlink_done(dh3_engine *e, dh3_request *req) {
-  if (req->prev != NULL) {
-    req->prev->next = req->next;
+  dh3_flight *f = &req->flight;
+  if (f->prev != NULL) {
+    f->prev->flight.next = f->next;
   } else {
-    e->done_head = req->next;
+    e->done_head = f->next;
   }
-  if (req->next != NULL) {
-    req->next->prev = req->prev;
+  if (f->next != NULL) {
+    f->next->flight.prev = f->prev;
   } else {
-    e->done_tail = req->prev;
+    e->done_tail = f->prev;
   }
-  req->prev = req->next = NULL;
+  f->prev = f->next = NULL;
   e->n_done--;
 }
+/* }====================================================================== */
 
-/* Takes an ACTIVE or DONE request out of the engine (C side only: the caller un-anchors
-   it). An active transfer leaves the multi handle and its easy handle goes back to the
-   pool; the request's own files and buffers are the request's business. */
-void dh3_engine_remove(dh3_engine *e, dh3_request *req) {
-  if (req->state == DH3_REQ_ACTIVE) {
-    dh3_engine_unlink_active(e, req);
-    if (req->easy != NULL) {
-      curl_multi_remove_handle(e->multi, req->easy->curl);
-      dh3_engine_give_easy(e, req->easy);
-      req->easy = NULL;
+/* {======================================================================
+** Cancelling and releasing a request
+** ======================================================================= */
+
+/* Cancels an ACTIVE or DONE request (its userdata at ud): out of its engine's list or queue
+   and its multi handle, transfer dropped (the easy handle back to the pool, the temp file
+   removed), un-anchored. Returns whether there was anything to cancel. */
+static int dh3_engine_cancel_request(lua_State *L, int ud, dh3_request *req) {
+  dh3_flight *f = &req->flight;
+  dh3_engine *e = f->engine;
+  if (f->state != DH3_REQ_ACTIVE && f->state != DH3_REQ_DONE) return 0;
+  if (e != NULL) {
+    if (f->state == DH3_REQ_ACTIVE) {
+      dh3_engine_unlink_active(e, req);
+      if (req->easy != NULL) curl_multi_remove_handle(e->multi, req->easy->curl);
+    } else {
+      dh3_engine_unlink_done(e, req);
     }
-  } else if (req->state == DH3_REQ_DONE) {
-    dh3_engine_unlink_done(e, req);
+    f->engine = NULL;
   }
-  req->engine = NULL;
+  dh3_request_drop_transfer(req, e != NULL ? &e->pool : NULL);
+  f->state = DH3_REQ_CANCELLED;
+  /* luaL_unref sets existing slots only, so it allocates nothing: safe in __gc and
+     lua_close */
+  if (lua_getiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS) == LUA_TTABLE && f->anchor > 0)
+    luaL_unref(L, lua_gettop(L), f->anchor);
+  f->anchor = LUA_NOREF;
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);
+  return 1;
+}
+
+/* The one close of a request, behind its __gc and __close; idempotent. */
+static void dh3_engine_close_request(lua_State *L, int ud, dh3_request *req) {
+  if (req->closed) return;
+  dh3_engine_cancel_request(L, ud, req);
+  dh3_request_free(req);
+  req->closed = 1;
 }
 /* }====================================================================== */
 
@@ -242,29 +166,24 @@ void dh3_engine_remove(dh3_engine *e, dh3_request *req) {
    (temp files unlinked), detaches every request, then frees the pool and the multi. */
 static void dh3_engine_close(lua_State *L, int idx, dh3_engine *e) {
   dh3_request *req, *next;
-  int i;
   if (e->closed) return;
-  e->closed = 1; /* from here on, handles given back are cleaned up, not pooled */
+  e->closed = 1;
   for (req = e->active; req != NULL; req = next) {
-    next = req->next;
+    next = req->flight.next;
     /* libcurl: an easy handle must leave the multi before either is cleaned up */
-    if (req->easy != NULL) {
-      curl_multi_remove_handle(e->multi, req->easy->curl);
-      dh3_engine_free_easy(req->easy);
-      req->easy = NULL;
-    }
-    req->prev = req->next = NULL;
-    req->engine = NULL;
-    req->anchor = LUA_NOREF; /* the anchor table goes with the engine */
-    dh3_request_drop_transfer(req);
-    req->state = DH3_REQ_CANCELLED;
+    if (req->easy != NULL) curl_multi_remove_handle(e->multi, req->easy->curl);
+    dh3_request_drop_transfer(req, NULL); /* its handle is cleaned up, not pooled */
+    req->flight.prev = req->flight.next = NULL;
+    req->flight.engine = NULL;
+    req->flight.anchor = LUA_NOREF; /* the anchor table goes with the engine */
+    req->flight.state = DH3_REQ_CANCELLED;
   }
   for (req = e->done_head; req != NULL; req = next) {
-    next = req->next;
-    req->prev = req->next = NULL;
-    req->engine = NULL;
-    req->anchor = LUA_NOREF;
-    req->state = DH3_REQ_CANCELLED; /* finished but never delivered */
+    next = req->flight.next;
+    req->flight.prev = req->flight.next = NULL;
+    req->flight.engine = NULL;
+    req->flight.anchor = LUA_NOREF;
+    req->flight.state = DH3_REQ_CANCELLED; /* finished but never delivered */
   }
   e->active = e->done_head = e->done_tail = NULL;
   e->n_active = e->n_done = 0;
@@ -286,21 +205,13 @@ static void dh3_engine_close(lua_State *L, int idx, dh3_engine *e) {
   lua_pushnil(L);
   lua_setiuservalue(L, idx, DH3_ENGINE_UV_ANCHORS);
 
-  for (i = 0; i < e->pool_len; i++) dh3_engine_free_easy(e->pool[i]);
-  free(e->pool);
-  e->pool = NULL;
-  e->pool_len = e->pool_cap = 0;
+  dh3_pool_close(&e->pool); /* requests still holding a header list keep it alive */
   if (e->multi != NULL) curl_multi_cleanup(e->multi);
   e->multi = NULL;
-  for (i = 0; i < DH3_HEADER_CACHE; i++) {
-    dh3_headers_release(e->headers[i]); /* requests still holding one keep it alive */
-    e->headers[i] = NULL;
-  }
-  free(e->user_agent);
   free(e->ua_header);
   free(e->ca_file);
   free(e->proxy);
-  e->user_agent = e->ua_header = e->ca_file = e->proxy = NULL;
+  e->ua_header = e->ca_file = e->proxy = NULL;
 }
 
 static dh3_engine *dh3_engine_check(lua_State *L, int idx) {
@@ -371,7 +282,8 @@ static lua_Integer dh3_engine_opt_integer(lua_State *L, const char *name, lua_In
   return v;
 }
 
-/* core.engine{user_agent=, ca_file=, proxy=, max_body=, max_connections=} -> engine */
+/* core.engine{user_agent=, ca_file=, proxy=, max_body=, max_connections=} -> engine
+   Without user_agent, requests send no User-Agent (the Lua layer always gives one). */
 int dh3_engine_new(lua_State *L) {
   const char *user_agent, *ca_file, *proxy;
   lua_Integer max_body, max_connections;
@@ -381,7 +293,7 @@ int dh3_engine_new(lua_State *L) {
     lua_newtable(L);
   }
   luaL_checktype(L, 1, LUA_TTABLE);
-  dh3_core_check_fields(L, 1, dh3_engine_fields);
+  dh3_util_check_fields(L, 1, dh3_engine_fields);
   user_agent = dh3_engine_opt_string(L, "user_agent");
   ca_file = dh3_engine_opt_string(L, "ca_file");
   proxy = dh3_engine_opt_string(L, "proxy");
@@ -400,31 +312,20 @@ int dh3_engine_new(lua_State *L) {
   e->max_connections = (long)max_connections;
 
   if (user_agent != NULL) {
-    e->user_agent = dh3_engine_strdup(user_agent);
-  } else {
-    const char *v = curl_version(); /* "libcurl/7.88.1 OpenSSL/..." */
-    const char *sp = strchr(v, ' ');
-    size_t n = sp != NULL ? (size_t)(sp - v) : strlen(v);
-    e->user_agent = malloc(sizeof("dh3-lua/" DH3_VERSION " ") + n);
-    if (e->user_agent != NULL) {
-      memcpy(e->user_agent, "dh3-lua/" DH3_VERSION " ", sizeof("dh3-lua/" DH3_VERSION " ") - 1);
-      memcpy(e->user_agent + sizeof("dh3-lua/" DH3_VERSION " ") - 1, v, n);
-      e->user_agent[sizeof("dh3-lua/" DH3_VERSION " ") - 1 + n] = '\0';
-    }
+    e->ua_header = malloc(sizeof("User-Agent: ") + strlen(user_agent));
+    if (e->ua_header == NULL) return luaL_error(L, "dh3.engine: out of memory");
+    memcpy(e->ua_header, "User-Agent: ", sizeof("User-Agent: ") - 1);
+    strcpy(e->ua_header + sizeof("User-Agent: ") - 1, user_agent);
   }
-  if (e->user_agent == NULL) return luaL_error(L, "dh3.engine: out of memory");
-  e->ua_header = malloc(sizeof("User-Agent: ") + strlen(e->user_agent));
-  if (e->ua_header == NULL) return luaL_error(L, "dh3.engine: out of memory");
-  memcpy(e->ua_header, "User-Agent: ", sizeof("User-Agent: ") - 1);
-  strcpy(e->ua_header + sizeof("User-Agent: ") - 1, e->user_agent);
   if (ca_file != NULL && (e->ca_file = dh3_engine_strdup(ca_file)) == NULL)
     return luaL_error(L, "dh3.engine: out of memory");
   if (proxy != NULL && (e->proxy = dh3_engine_strdup(proxy)) == NULL)
     return luaL_error(L, "dh3.engine: out of memory");
 
-  e->pool_cap = max_connections < DH3_MAX_POOL ? (int)max_connections : DH3_MAX_POOL;
-  e->pool = calloc((size_t)e->pool_cap, sizeof(dh3_easy *));
-  if (e->pool == NULL) return luaL_error(L, "dh3.engine: out of memory");
+  if (!dh3_pool_init(&e->pool, max_connections < DH3_MAX_POOL ? (int)max_connections
+                                                               : DH3_MAX_POOL,
+                     e->ca_file, e->proxy))
+    return luaL_error(L, "dh3.engine: out of memory");
   e->multi = curl_multi_init();
   if (e->multi == NULL) return luaL_error(L, "dh3.engine: curl_multi_init failed");
   /* HTTP/2 multiplexing (the default since 7.62, said out loud) and the size of the
@@ -439,10 +340,41 @@ int dh3_engine_new(lua_State *L) {
 ** Methods
 ** ======================================================================= */
 
-/* engine:request{...} -> request | nil, errmsg (request.c does the work) */
+/* engine:request{...} -> request | nil, errmsg [, kind]. request.c builds the transfer;
+   here it is added, anchored and made ACTIVE. */
 static int dh3_engine_request(lua_State *L) {
   dh3_engine *e = dh3_engine_check(L, 1);
-  return dh3_request_new(L, e);
+  dh3_request *req;
+  CURLMcode mc;
+  int ud, n;
+  n = dh3_request_new(L, &e->pool, e->max_body, e->ua_header, &req);
+  req->flight.anchor = LUA_NOREF;
+  if (n > 0) {
+    req->flight.state = DH3_REQ_CANCELLED;
+    return n;
+  }
+  ud = lua_gettop(L);
+  mc = curl_multi_add_handle(e->multi, req->easy->curl);
+  if (mc != CURLM_OK) {
+    dh3_request_drop_transfer(req, &e->pool);
+    req->flight.state = DH3_REQ_CANCELLED;
+    lua_pushnil(L);
+    lua_pushfstring(L, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
+    return 2;
+  }
+  req->flight.engine = e;
+  req->flight.state = DH3_REQ_ACTIVE;
+  dh3_engine_link_active(e, req);
+
+  /* anchor until delivered: the userdata goes into the engine's anchor table under a
+     luaL_ref; the request keeps the anchor table (not the engine) so that cancel can
+     un-anchor it */
+  lua_getiuservalue(L, 1, DH3_ENGINE_UV_ANCHORS);
+  lua_pushvalue(L, ud);
+  req->flight.anchor = luaL_ref(L, -2);
+  lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);
+  lua_settop(L, ud);
+  return 1;
 }
 
 /* Moves every finished transfer from the multi handle to the done queue. */
@@ -451,7 +383,6 @@ static int dh3_engine_collect(dh3_engine *e) {
   int left, moved = 0;
   while ((msg = curl_multi_info_read(e->multi, &left)) != NULL) {
     CURL *curl;
-    dh3_easy *easy;
     CURLcode code;
     void *priv = NULL;
     dh3_request *req;
@@ -462,18 +393,16 @@ static int dh3_engine_collect(dh3_engine *e) {
     curl_easy_getinfo(curl, CURLINFO_PRIVATE, (char **)&priv);
     req = (dh3_request *)priv;
     if (req == NULL || req->easy == NULL || req->easy->curl != curl ||
-        req->state != DH3_REQ_ACTIVE) {
+        req->flight.state != DH3_REQ_ACTIVE) {
       /* not ours: cannot happen, but never touch memory we do not know */
       curl_multi_remove_handle(e->multi, curl);
       continue;
     }
-    easy = req->easy;
     dh3_engine_unlink_active(e, req);
     curl_multi_remove_handle(e->multi, curl);
     dh3_request_complete(req, code); /* reads CURLINFO_* and the error text from the handle */
-    req->easy = NULL;
-    dh3_engine_give_easy(e, easy);
-    req->state = DH3_REQ_DONE;
+    dh3_request_drop_transfer(req, &e->pool); /* the handle back to the pool */
+    req->flight.state = DH3_REQ_DONE;
     dh3_engine_push_done(e, req);
     moved++;
   }
@@ -551,7 +480,7 @@ static int dh3_engine_perform(lua_State *L) {
     }
   }
   if (timeout < 0) timeout = 0;
-  deadline = dh3_core_now() + (double)timeout;
+  deadline = dh3_util_now() + (double)timeout;
   for (;;) {
     int running = 0;
     double remaining;
@@ -561,7 +490,7 @@ static int dh3_engine_perform(lua_State *L) {
     if (mc != CURLM_OK)
       return luaL_error(L, "dh3.engine: curl_multi_perform: %s", curl_multi_strerror(mc));
     if (dh3_engine_collect(e) > 0 || e->n_done > 0 || timeout <= 0 || fds_ready) break;
-    remaining = deadline - dh3_core_now();
+    remaining = deadline - dh3_util_now();
     if (remaining <= 0) break;
     /* rounded down, so the wait never overshoots; the sub-millisecond rest spins */
     ms = remaining >= (double)(INT_MAX / 1000) ? INT_MAX : (int)(remaining * 1000.0);
@@ -601,8 +530,8 @@ static int dh3_engine_next_done(lua_State *L) {
   lua_getiuservalue(L, 1, DH3_ENGINE_UV_ANCHORS);
   anchors = lua_gettop(L);
   /* the request userdata (none only after an OOM while anchoring it in request) */
-  if (req->anchor > 0) {
-    lua_rawgeti(L, anchors, req->anchor);
+  if (req->flight.anchor > 0) {
+    lua_rawgeti(L, anchors, req->flight.anchor);
   } else {
     lua_pushnil(L);
   }
@@ -616,10 +545,12 @@ static int dh3_engine_next_done(lua_State *L) {
   }
   /* now deliver: off the queue, un-anchored, ours no more */
   dh3_engine_unlink_done(e, req);
+  req->flight.engine = NULL;
+  req->flight.state = DH3_REQ_DELIVERED;
   dh3_request_delivered(req);
-  if (req->anchor > 0) {
-    luaL_unref(L, anchors, req->anchor); /* allocates nothing: its slot exists */
-    req->anchor = LUA_NOREF;
+  if (req->flight.anchor > 0) {
+    luaL_unref(L, anchors, req->flight.anchor); /* allocates nothing: its slot exists */
+    req->flight.anchor = LUA_NOREF;
   }
   if (!lua_isnil(L, ud)) {
     lua_pushnil(L);
@@ -634,6 +565,61 @@ static int dh3_engine_pending(lua_State *L) {
   lua_pushinteger(L, e->n_active);
   lua_pushinteger(L, e->n_done);
   return 2;
+}
+/* }====================================================================== */
+
+/* {======================================================================
+** The methods of "dh3.request"
+** ======================================================================= */
+
+static dh3_request *dh3_engine_check_request(lua_State *L) {
+  dh3_request *req = (dh3_request *)luaL_checkudata(L, 1, DH3_REQUEST_MT);
+  if (req->closed) luaL_error(L, "dh3.request: attempt to use a closed request");
+  return req;
+}
+
+/* request:cancel() -> true if it stopped something. It is never delivered; a download's
+   temp file is removed (a download already finished and renamed stays). */
+static int dh3_engine_request_cancel(lua_State *L) {
+  dh3_request *req = dh3_engine_check_request(L);
+  lua_pushboolean(L, dh3_engine_cancel_request(L, 1, req));
+  return 1;
+}
+
+/* request:progress() -> bytes_received, total (Content-Length or expect_size, or nil) */
+static int dh3_engine_request_progress(lua_State *L) {
+  dh3_request_push_progress(L, dh3_engine_check_request(L));
+  return 2;
+}
+
+/* request:info() -> the diagnostics of a finished transfer (request.c says which), or nil
+   before it finished (and once it was cancelled) */
+static int dh3_engine_request_info(lua_State *L) {
+  dh3_request *req = dh3_engine_check_request(L);
+  if (req->flight.state != DH3_REQ_DONE && req->flight.state != DH3_REQ_DELIVERED) {
+    lua_pushnil(L);
+  } else {
+    dh3_request_push_info(L, req);
+  }
+  return 1;
+}
+
+static int dh3_engine_request_close_l(lua_State *L) {
+  dh3_request *req = (dh3_request *)luaL_checkudata(L, 1, DH3_REQUEST_MT);
+  dh3_engine_close_request(L, 1, req);
+  return 0;
+}
+
+/* "dh3.request (0x..., GET download, active)" */
+static int dh3_engine_request_tostring(lua_State *L) {
+  dh3_request *req = (dh3_request *)luaL_checkudata(L, 1, DH3_REQUEST_MT);
+  if (req->closed) {
+    lua_pushfstring(L, "dh3.request (%p, closed)", (void *)req);
+  } else {
+    lua_pushfstring(L, "dh3.request (%p, %s, %s)", (void *)req, dh3_request_describe(req),
+                    dh3_engine_state_names[req->flight.state]);
+  }
+  return 1;
 }
 /* }====================================================================== */
 
@@ -653,13 +639,34 @@ static const luaL_Reg dh3_engine_meta[] = {
   {NULL, NULL}
 };
 
-/* Creates (or, on a second luaopen in the same state, refreshes) the metatable. */
-void dh3_engine_open(lua_State *L) {
-  luaL_newmetatable(L, DH3_ENGINE_MT);
-  luaL_setfuncs(L, dh3_engine_meta, 0);
-  luaL_newlib(L, dh3_engine_methods);
+static const luaL_Reg dh3_engine_request_methods[] = {
+  {"cancel", dh3_engine_request_cancel},
+  {"progress", dh3_engine_request_progress},
+  {"info", dh3_engine_request_info},
+  {NULL, NULL}
+};
+
+static const luaL_Reg dh3_engine_request_meta[] = {
+  {"__gc", dh3_engine_request_close_l},
+  {"__close", dh3_engine_request_close_l},
+  {"__tostring", dh3_engine_request_tostring},
+  {NULL, NULL}
+};
+
+/* Creates (or, on a second luaopen in the same state, refreshes) a metatable. */
+static void dh3_engine_metatable(lua_State *L, const char *name, const luaL_Reg *meta,
+                                 const luaL_Reg *methods) {
+  luaL_newmetatable(L, name);
+  luaL_setfuncs(L, meta, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
   lua_setfield(L, -2, "__index");
-  lua_pushliteral(L, DH3_ENGINE_MT);
+  lua_pushstring(L, name);
   lua_setfield(L, -2, "__name");
   lua_pop(L, 1);
+}
+
+void dh3_engine_open(lua_State *L) {
+  dh3_engine_metatable(L, DH3_ENGINE_MT, dh3_engine_meta, dh3_engine_methods);
+  dh3_engine_metatable(L, DH3_REQUEST_MT, dh3_engine_request_meta, dh3_engine_request_methods);
 }

@@ -1,9 +1,12 @@
 /*
-** request.c: "dh3.request", one HTTP transfer.
+** request.c: one HTTP transfer, built and finished. What a request is while in flight (its
+** state, its place in the engine's lists, its anchor) is engine.c's: nothing here reads or
+** writes req->flight, and nothing here calls the engine.
 **
-** Options are validated before anything is allocated; the userdata is then made first,
-** so from that point every C resource (easy handle, header list, temp file, buffers) is
-** owned by it and freed by its one close, whatever error follows.
+** Building: options are validated before anything is allocated; the userdata is then made
+** first, so from that point every C resource (easy handle, header list, temp file, buffers)
+** is owned by it and freed by its one close, whatever error follows. Every libcurl option
+** a request sets is in one table, DH3_REQUEST_OPTIONS, applied whole to every request.
 **
 ** The libcurl callbacks run inside curl_multi_perform and touch C state only: they
 ** append to the memory buffer or write to the temp file, count bytes, and keep the few
@@ -21,7 +24,7 @@
 ** replaced nor written through; the download then takes the next free name, "stem-2.ext",
 ** "stem-3.ext", ..., and the result's path says which.
 **
-** A create goes out once: see dh3_request_setup.
+** A create goes out once: see DH3_REQUEST_OPTIONS.
 */
 /* renameat2 and RENAME_NOREPLACE (glibc >= 2.28) are GNU extensions */
 #ifndef _GNU_SOURCE
@@ -44,10 +47,6 @@
 
 enum { DH3_METHOD_GET = 0, DH3_METHOD_POST, DH3_METHOD_HEAD };
 static const char *const dh3_request_method_names[] = {"GET", "POST", "HEAD", NULL};
-
-static const char *const dh3_request_state_names[] = {
-  "new", "active", "done", "delivered", "cancelled"
-};
 
 static const char *const dh3_request_fields[] = {
   "method", "url", "headers", "body", "timeout", "connect_timeout", "follow_redirects",
@@ -209,8 +208,9 @@ static int dh3_request_count_keys(lua_State *L, int idx) {
   return n;
 }
 
-/* Validates every option (raising on a caller's mistake) before anything is allocated. */
-static void dh3_request_parse(lua_State *L, dh3_engine *e, dh3_request_opts *o) {
+/* Validates every option (raising on a caller's mistake) before anything is allocated.
+   max_body: the engine's, for a request that does not say. */
+static void dh3_request_parse(lua_State *L, size_t max_body, dh3_request_opts *o) {
   const char *s;
   memset(o, 0, sizeof(*o));
 
@@ -277,13 +277,13 @@ static void dh3_request_parse(lua_State *L, dh3_engine *e, dh3_request_opts *o) 
     dh3_request_bad(L, "field 'download_to' must be a path, and the method GET or POST");
   o->expect_size = (curl_off_t)dh3_request_opt_integer(L, o, "expect_size", -1, 0,
                                                        LUA_MAXINTEGER);
-  o->max_body = (size_t)dh3_request_opt_integer(L, o, "max_body", (lua_Integer)e->max_body, 1,
+  o->max_body = (size_t)dh3_request_opt_integer(L, o, "max_body", (lua_Integer)max_body, 1,
                                                 DH3_MAX_BODY_LIMIT);
   dh3_request_known(L, o, "context"); /* any value: it is only kept */
   lua_pop(L, 1);
   /* Every key a known field? Counting the keys costs less than naming each: only a table with
      a key no read above found is walked again, to name that key in the error. */
-  if (dh3_request_count_keys(L, 2) != o->given) dh3_core_check_fields(L, 2, dh3_request_fields);
+  if (dh3_request_count_keys(L, 2) != o->given) dh3_util_check_fields(L, 2, dh3_request_fields);
 }
 /* }====================================================================== */
 
@@ -472,85 +472,129 @@ size_t dh3_request_on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 /* }====================================================================== */
 
 /* {======================================================================
-** Setting up, finishing, tearing down
+** The options a request sets: one table
 ** ======================================================================= */
 
-/* The options of this request, on a handle that has the engine's own (dh3_engine_take_easy)
-   and whatever its last request set: so every option a request may set is set here, each
-   time, to this request's value or back to libcurl's default. */
-static CURLcode dh3_request_setup(dh3_request *req, const dh3_request_opts *o) {
-  dh3_easy *easy = req->easy;
-  CURL *h = easy->curl;
-  CURLcode rc;
-  easy->errbuf[0] = '\0';
-  DH3_SET(CURLOPT_PRIVATE, (void *)req);
-  DH3_SET(CURLOPT_URL, o->url);
-  DH3_SET(CURLOPT_HEADERDATA, (void *)req);
-  DH3_SET(CURLOPT_WRITEDATA, (void *)req);
-  /* libcurl does not copy the list: it stays ours until the transfer is finished */
-  DH3_SET(CURLOPT_HTTPHEADER, req->headers != NULL ? req->headers->list : NULL);
-  switch (o->method) {
-    case DH3_METHOD_POST:
-      DH3_SET(CURLOPT_POST, 1L);
-      /* the size first: COPYPOSTFIELDS then copies exactly that many bytes (a body may
-         hold NULs); set afterwards, libcurl would have used strlen() */
-      DH3_SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
-      DH3_SET(CURLOPT_COPYPOSTFIELDS, o->body != NULL ? o->body : "");
-      break;
-    case DH3_METHOD_HEAD:
-      DH3_SET(CURLOPT_NOBODY, 1L);
-      break;
-    default:
-      DH3_SET(CURLOPT_HTTPGET, 1L);
-      break;
-  }
-  /* No Accept-Encoding: an API answer is a few hundred bytes, which compression would not
-     make faster (libcurl's decoder costs more per request than it saves), and a download
-     must arrive as the very bytes whose size the service announced.
-     A large image arrives in 128 KiB reads instead of libcurl's default 16 KiB: a sixth of
-     the recv and poll calls, which is what kept downloads behind the curl tool
-     (bench/RESULTS.md). Set only when it changes: libcurl reallocates its buffer. */
-  if ((o->download_to != NULL) != easy->big_buffer) {
-    easy->big_buffer = o->download_to != NULL;
-    DH3_SET(CURLOPT_BUFFERSIZE, easy->big_buffer ? 128L * 1024L : (long)CURL_MAX_WRITE_SIZE);
-  }
-  /* A POST (a create: not idempotent, it costs money) leaves once, or not at all. libcurl
-     sends a request again by itself, on a new connection, when the connection it reused dies
-     before any byte of the answer (Curl_retry_request: "Connection died, retrying a fresh
-     connect"): a server that took the create and then closed would make a second task. So a
-     POST never goes on a reused connection: FRESH_CONNECT opens one for it, and HTTP/1.1
-     keeps that connection its own until the answer is in (no other transfer can join it, as
-     one could join an HTTP/2 connection, and mark it reused while the create waits). The
-     only other resend, an HTTP/2 REFUSED_STREAM, is for a stream the server did not process
-     (RFC 9113, 8.7), and HTTP/1.1 has none. Once answered, the connection goes to the cache:
-     a later read may reuse it, which is safe. A pooled handle keeps its options, so every
-     request sets both, back to a read's values when it is not a POST. */
-  DH3_SET(CURLOPT_FRESH_CONNECT, o->method == DH3_METHOD_POST ? 1L : 0L);
-  /* refused only by a libcurl without HTTP/2, which then speaks HTTP/1.1 anyway */
-  (void)curl_easy_setopt(h, CURLOPT_HTTP_VERSION, o->method == DH3_METHOD_POST
-                                                  ? (long)CURL_HTTP_VERSION_1_1
-                                                  : (long)CURL_HTTP_VERSION_2TLS);
+/*
+** Every libcurl option a request sets, on every request, in this order:
+**   X(option, type, when, value, otherwise, must)
+** The option gets `value` when `when` holds for this request (both are expressions of the
+** request `req` and its parsed options `o`), else `otherwise`: libcurl's default, or dh3's
+** where a comment says so. When the handle goes back to the pool, every option gets its
+** `otherwise`, so an idle handle points at nothing of a request's (its header list and
+** callback data are freed long before the handle is taken again) and keeps no copy of its
+** URL or body. Nothing else sets a per-request option (pool.c sets the ones that are the
+** same for every request of an engine, once per handle): a pooled handle is never reset,
+** and this table is what keeps one request's options from reaching the next.
+** must: 0 for an option refused only by a libcurl that lacks the feature, which then
+** behaves as `otherwise` says anyway; a refused option with must 1 fails the request.
+**
+** The order matters where libcurl ties options together: the size of the body before the
+** body (COPYPOSTFIELDS then copies exactly that many bytes, NULs included; set afterwards,
+** libcurl would have used strlen()), and the body before the method (COPYPOSTFIELDS, even
+** of NULL, makes a request a POST; POST 0 makes it a GET again, and NOBODY 1 a HEAD).
+**
+** No Accept-Encoding: an API answer is a few hundred bytes, which compression would not make
+** faster (libcurl's decoder costs more per request than it saves), and a download must
+** arrive as the very bytes whose size the service announced.
+**
+** A large image arrives in 128 KiB reads instead of libcurl's default 16 KiB: a sixth of the
+** recv and poll calls, which is what kept downloads behind the curl tool (bench/RESULTS.md).
+** Setting the size costs nothing: libcurl (7.88) allocates that buffer for each transfer.
+**
+** A POST (a create: not idempotent, it costs money) leaves once, or not at all. libcurl
+** sends a request again by itself, on a new connection, when the connection it reused dies
+** before any byte of the answer (Curl_retry_request: "Connection died, retrying a fresh
+** connect"): a server that took the create and then closed would make a second task. So a
+** POST never goes on a reused connection: FRESH_CONNECT opens one for it, and HTTP/1.1
+** keeps that connection its own until the answer is in (no other transfer can join it, as
+** one could join an HTTP/2 connection, and mark it reused while the create waits). The
+** only other resend, an HTTP/2 REFUSED_STREAM, is for a stream the server did not process
+** (RFC 9113, 8.7), and HTTP/1.1 has none. Once answered, the connection goes to the cache:
+** a later read may reuse it, which is safe.
+**
+** CURLOPT_UNRESTRICTED_AUTH stays off (it is in no table): libcurl then drops Authorization
+** (ours is in the header list) when a redirect leads to another host.
+*/
+#define DH3_O_POST (o->method == DH3_METHOD_POST)
+#define DH3_O_HEAD (o->method == DH3_METHOD_HEAD)
+#define DH3_DOWNLOAD_BUFFER (128L * 1024L)
+
+#define DH3_REQUEST_OPTIONS(X)                                                                   \
+  X(CURLOPT_PRIVATE, void *, 1, req, NULL, 1)                                                    \
+  X(CURLOPT_HEADERFUNCTION, curl_write_callback, 1, dh3_request_on_header, NULL, 1)              \
+  X(CURLOPT_HEADERDATA, void *, 1, req, NULL, 1)                                                 \
+  X(CURLOPT_WRITEFUNCTION, curl_write_callback, 1, dh3_request_on_body, NULL, 1)                 \
+  X(CURLOPT_WRITEDATA, void *, 1, req, NULL, 1)                                                  \
+  X(CURLOPT_URL, const char *, 1, o->url, NULL, 1)                                               \
+  /* libcurl does not copy the list: it stays ours until the transfer is finished */             \
+  X(CURLOPT_HTTPHEADER, struct curl_slist *, req->headers != NULL, req->headers->list, NULL, 1)  \
+  X(CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t, DH3_O_POST, o->body_len, -1, 1)                     \
+  X(CURLOPT_COPYPOSTFIELDS, const char *, DH3_O_POST, o->body != NULL ? o->body : "", NULL, 1)   \
+  X(CURLOPT_POST, long, DH3_O_POST, 1, 0, 1)                                                     \
+  X(CURLOPT_NOBODY, long, DH3_O_HEAD, 1, 0, 1)                                                   \
+  X(CURLOPT_FRESH_CONNECT, long, DH3_O_POST, 1, 0, 1)                                            \
+  /* otherwise: dh3's (and libcurl's since 7.62); refused only without HTTP/2 */                 \
+  X(CURLOPT_HTTP_VERSION, long, DH3_O_POST, CURL_HTTP_VERSION_1_1, CURL_HTTP_VERSION_2TLS, 0)    \
+  /* 0: no overall limit; libcurl's own limit for the connection */                              \
+  X(CURLOPT_TIMEOUT_MS, long, o->timeout_ms > 0, o->timeout_ms, 0, 1)                            \
+  X(CURLOPT_CONNECTTIMEOUT_MS, long, o->connect_timeout_ms > 0, o->connect_timeout_ms, 0, 1)     \
+  X(CURLOPT_FOLLOWLOCATION, long, o->follow_redirects, 1, 0, 1)                                  \
+  X(CURLOPT_MAXREDIRS, long, o->follow_redirects, DH3_MAX_REDIRS, -1, 1)                         \
+  X(CURLOPT_BUFFERSIZE, long, o->download_to != NULL, DH3_DOWNLOAD_BUFFER, CURL_MAX_WRITE_SIZE, 1) \
+  DH3_REQUEST_OPTIONS_8_16(X)
+
 #if LIBCURL_VERSION_NUM >= 0x081000
-  /* libcurl 8.16 can say the same directly; ignored by an older library at run time */
-  (void)curl_easy_setopt(h, CURLOPT_FORBID_RETRY_ON_REUSE, o->method == DH3_METHOD_POST ? 1L : 0L);
+/* libcurl 8.16 can say the create rule directly; ignored by an older library at run time */
+#define DH3_REQUEST_OPTIONS_8_16(X) X(CURLOPT_FORBID_RETRY_ON_REUSE, long, DH3_O_POST, 1, 0, 0)
+#else
+#define DH3_REQUEST_OPTIONS_8_16(X)
 #endif
-  /* 0: no overall limit, and libcurl's default for the connection */
-  DH3_SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
-  DH3_SET(CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
-  if (o->follow_redirects) {
-    DH3_SET(CURLOPT_FOLLOWLOCATION, 1L);
-    DH3_SET(CURLOPT_MAXREDIRS, DH3_MAX_REDIRS);
-    /* CURLOPT_UNRESTRICTED_AUTH stays off: libcurl then drops Authorization (ours in
-       the header list too) when a redirect leads to another host */
-  } else {
-    DH3_SET(CURLOPT_FOLLOWLOCATION, 0L);
-  }
+
+/* Sets every option of the table on req's handle, to this request's value or the default. */
+static CURLcode dh3_request_set_options(dh3_request *req, const dh3_request_opts *o) {
+  CURL *h = req->easy->curl;
+  CURLcode rc;
+  req->easy->errbuf[0] = '\0';
+#define DH3_SET_OPTION(option, type, when, value, otherwise, must)                       \
+  rc = curl_easy_setopt(h, option, (when) ? (type)(value) : (type)(otherwise));          \
+  if (rc != CURLE_OK && (must)) return rc;
+  DH3_REQUEST_OPTIONS(DH3_SET_OPTION)
+#undef DH3_SET_OPTION
   return CURLE_OK;
 }
 
-/* Closes and removes the temp file and frees the header list: what a transfer holds
-   besides its easy handle. Only once the easy handle has left the multi handle. */
-void dh3_request_drop_transfer(dh3_request *req) {
+/* Gives every option of the table its default, on a handle that is in no multi handle:
+   CURLE_OK, or the error of the first default refused (the handle is then not reused). */
+static CURLcode dh3_request_unset_options(dh3_easy *easy) {
+  CURL *h = easy->curl;
+  CURLcode rc;
+#define DH3_UNSET_OPTION(option, type, when, value, otherwise, must)                     \
+  rc = curl_easy_setopt(h, option, (type)(otherwise));                                   \
+  if (rc != CURLE_OK && (must)) return rc;
+  DH3_REQUEST_OPTIONS(DH3_UNSET_OPTION)
+#undef DH3_UNSET_OPTION
+  return CURLE_OK;
+}
+/* }====================================================================== */
+
+/* {======================================================================
+** Finishing, tearing down
+** ======================================================================= */
+
+/* Gives back what a transfer holds: its easy handle (its options unset, to the pool; freed
+   when pool is NULL), the temp file (closed and removed) and the header list. The handle
+   must have left the multi handle. */
+void dh3_request_drop_transfer(dh3_request *req, dh3_pool *pool) {
+  dh3_easy *easy = req->easy;
+  req->easy = NULL;
+  if (easy != NULL) {
+    if (pool != NULL && dh3_request_unset_options(easy) == CURLE_OK) {
+      dh3_pool_give(pool, easy);
+    } else {
+      dh3_pool_free_easy(easy);
+    }
+  }
   if (req->fp != NULL) {
     fclose(req->fp);
     req->fp = NULL;
@@ -560,7 +604,7 @@ void dh3_request_drop_transfer(dh3_request *req) {
     free(req->tmp);
     req->tmp = NULL;
   }
-  dh3_headers_release(req->headers);
+  dh3_pool_release_headers(req->headers);
   req->headers = NULL;
   req->to_file = 0;
 }
@@ -686,8 +730,9 @@ static void dh3_request_finalize(dh3_request *req) {
   req->to_file = 0;
 }
 
-/* Called by the engine once the easy handle left the multi handle, before it goes back
-   to the pool: the facts Lua will see are read now, and a download is finished. */
+/* Called by the engine once the easy handle left the multi handle, before the transfer is
+   dropped (dh3_request_drop_transfer): the facts Lua will see are read now, and a download
+   is finished. */
 void dh3_request_complete(dh3_request *req, CURLcode code) {
   CURL *h = req->easy->curl;
   long v;
@@ -701,7 +746,8 @@ void dh3_request_complete(dh3_request *req, CURLcode code) {
   if (curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &t) == CURLE_OK) req->time_connect = t;
   if (curl_easy_getinfo(h, CURLINFO_STARTTRANSFER_TIME_T, &t) == CURLE_OK)
     req->time_start = t;
-  dh3_headers_release(req->headers); /* libcurl is done with it */
+  req->handle_uses = req->easy->uses;
+  dh3_pool_release_headers(req->headers); /* libcurl is done with it */
   req->headers = NULL;
   if (code != CURLE_OK && req->easy->errbuf[0] != '\0') {
     /* the handle's buffer serves its next request: keep a copy (none when out of memory:
@@ -723,33 +769,10 @@ void dh3_request_complete(dh3_request *req, CURLcode code) {
   }
 }
 
-/* Cancels an ACTIVE or DONE request: out of its engine, un-anchored (the userdata is at
-   ud), transfer dropped. Returns whether there was anything to cancel. */
-static int dh3_request_stop(lua_State *L, int ud, dh3_request *req) {
-  if (req->state != DH3_REQ_ACTIVE && req->state != DH3_REQ_DONE) return 0;
-  if (req->engine != NULL) dh3_engine_remove(req->engine, req);
-  dh3_request_drop_transfer(req);
-  req->state = DH3_REQ_CANCELLED;
-  /* luaL_unref sets existing slots only, so it allocates nothing: safe in __gc and
-     lua_close */
-  if (lua_getiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS) == LUA_TTABLE && req->anchor > 0)
-    luaL_unref(L, lua_gettop(L), req->anchor);
-  req->anchor = LUA_NOREF;
-  lua_pop(L, 1);
-  lua_pushnil(L);
-  lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);
-  return 1;
-}
-
-/* The one close behind __gc and __close; idempotent. */
-static void dh3_request_close(lua_State *L, int ud, dh3_request *req) {
-  if (req->closed) return;
-  dh3_request_stop(L, ud, req);
-  if (req->easy != NULL) { /* a request that failed while being set up */
-    dh3_engine_free_easy(req->easy);
-    req->easy = NULL;
-  }
-  dh3_request_drop_transfer(req);
+/* Frees everything the request holds (a handle it still holds, one whose transfer never
+   started, is cleaned up, not pooled): the last step of its close. Idempotent. */
+void dh3_request_free(dh3_request *req) {
+  dh3_request_drop_transfer(req, NULL);
   free(req->note);
   free(req->detail);
   free(req->io_error);
@@ -760,20 +783,19 @@ static void dh3_request_close(lua_State *L, int ud, dh3_request *req) {
   free(req->content_type);
   req->body = req->dest = req->retry_after = req->content_type = NULL;
   req->body_len = req->body_cap = 0;
-  req->closed = 1;
 }
+/* }====================================================================== */
 
-/* Undoes a request that could not start: pushes nil, message, and kind when not NULL ("io":
-   a local file, not the request, is what failed). */
-static int dh3_request_fail(lua_State *L, dh3_engine *e, dh3_request *req, const char *kind,
+/* {======================================================================
+** Building
+** ======================================================================= */
+
+/* Undoes a transfer that could not be built: pushes nil, message, and kind when not NULL
+   ("io": a local file, not the request, is what failed); returns how many it pushed. */
+static int dh3_request_fail(lua_State *L, dh3_pool *pool, dh3_request *req, const char *kind,
                             const char *fmt, ...) {
   va_list ap;
-  if (req->easy != NULL) {
-    dh3_engine_give_easy(e, req->easy); /* never added to the multi handle */
-    req->easy = NULL;
-  }
-  dh3_request_drop_transfer(req);
-  req->state = DH3_REQ_CANCELLED;
+  dh3_request_drop_transfer(req, pool); /* its handle was never added to a multi handle */
   lua_pushnil(L);
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
@@ -783,26 +805,33 @@ static int dh3_request_fail(lua_State *L, dh3_engine *e, dh3_request *req, const
   return 3;
 }
 
-/* engine:request{...} -> request | nil, errmsg. Stack: 1 engine (checked open), 2 options. */
-int dh3_request_new(lua_State *L, dh3_engine *e) {
+/*
+** For engine:request{...}. Stack: 1 the engine, 2 the options (raises on a caller's mistake
+** there). Pushes a new request userdata, its context set, all zeros besides (its flight too:
+** NEW, for engine.c to fill in). When its transfer is ready to be added to a multi handle
+** (an easy handle from pool, every option set), returns 0; else returns the number of
+** values it pushed above the userdata, nil, message [, kind], with the transfer given back.
+** *out: the request, either way. pool: the engine's; max_body: the engine's default;
+** ua_header: "User-Agent: ...", sent unless the caller's headers have one (NULL: none).
+*/
+int dh3_request_new(lua_State *L, dh3_pool *pool, size_t max_body, const char *ua_header,
+                    dh3_request **out) {
   dh3_request_opts o;
   dh3_request *req;
   CURLcode rc;
-  CURLMcode mc;
   int ud, fd;
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  dh3_request_parse(L, e, &o);
+  dh3_request_parse(L, max_body, &o);
 
-  req = (dh3_request *)lua_newuserdatauv(L, sizeof(*req), 2);
+  req = (dh3_request *)lua_newuserdatauv(L, sizeof(*req), DH3_REQUEST_NUV);
   ud = lua_gettop(L);
   memset(req, 0, sizeof(*req));
-  req->state = DH3_REQ_NEW;
   req->method = o.method;
   req->max_body = o.max_body;
   req->expect_size = o.expect_size;
   req->content_length_n = -1;
-  req->anchor = LUA_NOREF;
+  *out = req;
   luaL_setmetatable(L, DH3_REQUEST_MT); /* from here __gc frees whatever is attached */
   dh3_request_field(L, "context");
   lua_setiuservalue(L, ud, DH3_REQUEST_UV_CONTEXT);
@@ -812,7 +841,7 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
     req->dest = malloc(n + 1);
     req->tmp = malloc(n + sizeof(DH3_TEMP_SUFFIX));
     if (req->dest == NULL || req->tmp == NULL)
-      return dh3_request_fail(L, e, req, NULL, "out of memory");
+      return dh3_request_fail(L, pool, req, NULL, "out of memory");
     memcpy(req->dest, o.download_to, n + 1);
     memcpy(req->tmp, o.download_to, n);
     memcpy(req->tmp + n, DH3_TEMP_SUFFIX, sizeof(DH3_TEMP_SUFFIX));
@@ -823,14 +852,14 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
       int err = errno;
       free(req->tmp); /* only a template: nothing to unlink */
       req->tmp = NULL;
-      return dh3_request_fail(L, e, req, "io", "cannot create a temporary file for %s: %s",
+      return dh3_request_fail(L, pool, req, "io", "cannot create a temporary file for %s: %s",
                               req->dest, strerror(err));
     }
     req->fp = fdopen(fd, "wb");
     if (req->fp == NULL) {
       int err = errno;
       close(fd);
-      return dh3_request_fail(L, e, req, "io", "cannot open a temporary file for %s: %s",
+      return dh3_request_fail(L, pool, req, "io", "cannot open a temporary file for %s: %s",
                               req->dest, strerror(err));
     }
   }
@@ -847,35 +876,21 @@ int dh3_request_new(lua_State *L, dh3_engine *e) {
     lua_pop(L, 1);
     /* no "Expect: 100-continue" round trip (libcurl adds it to large bodies) */
     if (o.method == DH3_METHOD_POST && !o.user_expect) lines[n++] = "Expect:";
-    if (!o.user_agent) lines[n++] = e->ua_header;
-    req->headers = dh3_engine_headers(e, lines, n);
-    if (req->headers == NULL) return dh3_request_fail(L, e, req, NULL, "out of memory");
+    if (!o.user_agent && ua_header != NULL) lines[n++] = ua_header;
+    req->headers = dh3_pool_headers(pool, lines, n);
+    if (req->headers == NULL) return dh3_request_fail(L, pool, req, NULL, "out of memory");
   }
 
-  req->easy = dh3_engine_take_easy(e, &rc);
+  req->easy = dh3_pool_take(pool, &rc);
   if (req->easy == NULL)
-    return dh3_request_fail(L, e, req, NULL, "cannot make a libcurl handle: %s",
+    return dh3_request_fail(L, pool, req, NULL, "cannot make a libcurl handle: %s",
                             rc != CURLE_OK ? curl_easy_strerror(rc) : "out of memory");
-  rc = dh3_request_setup(req, &o);
+  rc = dh3_request_set_options(req, &o);
   if (rc != CURLE_OK)
-    return dh3_request_fail(L, e, req, NULL, "cannot set up the request: %s", curl_easy_strerror(rc));
-
-  mc = curl_multi_add_handle(e->multi, req->easy->curl);
-  if (mc != CURLM_OK)
-    return dh3_request_fail(L, e, req, NULL, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
-  req->engine = e;
-  req->state = DH3_REQ_ACTIVE;
-  dh3_engine_link_active(e, req);
-
-  /* anchor until delivered: the userdata goes into the engine's anchor table under a
-     luaL_ref; the request keeps the anchor table (not the engine) so that cancel can
-     un-anchor it */
-  lua_getiuservalue(L, 1, DH3_ENGINE_UV_ANCHORS);
-  lua_pushvalue(L, ud);
-  req->anchor = luaL_ref(L, -2);
-  lua_setiuservalue(L, ud, DH3_REQUEST_UV_ANCHORS);
+    return dh3_request_fail(L, pool, req, NULL, "cannot set up the request: %s",
+                            curl_easy_strerror(rc));
   lua_settop(L, ud);
-  return 1;
+  return 0;
 }
 /* }====================================================================== */
 
@@ -946,7 +961,7 @@ void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
     lua_setfield(L, -2, "body");
   }
   if (req->code != CURLE_OK) {
-    dh3_request_set_string(L, "curl_error", dh3_core_error_name(req->code));
+    dh3_request_set_string(L, "curl_error", dh3_util_error_name(req->code));
     /* 0: no byte of the request left (what tells a create that certainly made nothing) */
     lua_pushinteger(L, (lua_Integer)req->request_size);
     lua_setfield(L, -2, "request_size");
@@ -969,40 +984,19 @@ void dh3_request_push_result(lua_State *L, dh3_request *req, int ud) {
   if (req->finalized) dh3_request_set_string(L, "path", req->dest);
 }
 
-/* next_done handed the result out: the request is no longer the engine's. */
+/* next_done handed the result out: what the result copied is freed (the body is now a Lua
+   string in it, as the note and detail are). */
 void dh3_request_delivered(dh3_request *req) {
-  req->engine = NULL;
-  req->state = DH3_REQ_DELIVERED;
-  free(req->body); /* now a Lua string in the result, as the note and detail are */
+  free(req->body);
   free(req->note);
   free(req->detail);
   free(req->io_error);
   req->body = req->note = req->detail = req->io_error = NULL;
   req->body_len = req->body_cap = 0;
 }
-/* }====================================================================== */
 
-/* {======================================================================
-** Methods
-** ======================================================================= */
-
-static dh3_request *dh3_request_check(lua_State *L) {
-  dh3_request *req = (dh3_request *)luaL_checkudata(L, 1, DH3_REQUEST_MT);
-  if (req->closed) luaL_error(L, "dh3.request: attempt to use a closed request");
-  return req;
-}
-
-/* request:cancel() -> true if it stopped something. It is never delivered; a download's
-   temp file is removed (a download already finished and renamed stays). */
-static int dh3_request_cancel(lua_State *L) {
-  dh3_request *req = dh3_request_check(L);
-  lua_pushboolean(L, dh3_request_stop(L, 1, req));
-  return 1;
-}
-
-/* request:progress() -> bytes_received, total (Content-Length or expect_size, or nil) */
-static int dh3_request_progress(lua_State *L) {
-  dh3_request *req = dh3_request_check(L);
+/* request:progress()'s values: bytes_received, total (Content-Length or expect_size, or nil) */
+void dh3_request_push_progress(lua_State *L, const dh3_request *req) {
   lua_pushinteger(L, (lua_Integer)req->bytes);
   if (req->content_length_n >= 0) {
     lua_pushinteger(L, (lua_Integer)req->content_length_n);
@@ -1011,20 +1005,13 @@ static int dh3_request_progress(lua_State *L) {
   } else {
     lua_pushnil(L);
   }
-  return 2;
 }
 
-/* request:info() -> {http_version, time, time_connect, time_starttransfer, request_size,
-   connects, content_type, content_length}: the diagnostics of a finished transfer (nil before
-   it finished) */
-static int dh3_request_info(lua_State *L) {
-  dh3_request *req = dh3_request_check(L);
+/* request:info()'s table, for a finished transfer: {http_version, time, time_connect,
+   time_starttransfer, request_size, connects, handle_uses, content_type, content_length} */
+void dh3_request_push_info(lua_State *L, const dh3_request *req) {
   const char *hv = NULL;
-  if (req->state != DH3_REQ_DONE && req->state != DH3_REQ_DELIVERED) {
-    lua_pushnil(L);
-    return 1;
-  }
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 9);
   switch (req->http_version) {
     case CURL_HTTP_VERSION_1_0: hv = "1.0"; break;
     case CURL_HTTP_VERSION_1_1: hv = "1.1"; break;
@@ -1040,61 +1027,21 @@ static int dh3_request_info(lua_State *L) {
   lua_setfield(L, -2, "request_size");
   lua_pushinteger(L, (lua_Integer)req->connects);
   lua_setfield(L, -2, "connects");
+  /* 1: the transfer had a new easy handle; n: the handle's nth (the pool reused it) */
+  lua_pushinteger(L, (lua_Integer)req->handle_uses);
+  lua_setfield(L, -2, "handle_uses");
   dh3_request_set_string(L, "content_type", req->content_type);
   if (req->content_length_n >= 0) {
     lua_pushinteger(L, (lua_Integer)req->content_length_n);
     lua_setfield(L, -2, "content_length");
   }
-  return 1;
 }
 
-/* request:state() -> "active" | "done" | "delivered" | "cancelled" */
-static int dh3_request_state(lua_State *L) {
-  dh3_request *req = dh3_request_check(L);
-  lua_pushstring(L, dh3_request_state_names[req->state]);
-  return 1;
-}
-
-static int dh3_request_close_l(lua_State *L) {
-  dh3_request *req = (dh3_request *)luaL_checkudata(L, 1, DH3_REQUEST_MT);
-  dh3_request_close(L, 1, req);
-  return 0;
-}
-
-static int dh3_request_tostring(lua_State *L) {
-  dh3_request *req = (dh3_request *)luaL_checkudata(L, 1, DH3_REQUEST_MT);
-  if (req->closed) {
-    lua_pushfstring(L, "dh3.request (%p, closed)", (void *)req);
-  } else {
-    lua_pushfstring(L, "dh3.request (%p, %s%s, %s)", (void *)req,
-                    dh3_request_method_names[req->method], req->dest != NULL ? " download" : "",
-                    dh3_request_state_names[req->state]);
-  }
-  return 1;
+/* "GET", "POST download", ...: what the request is, for its __tostring */
+const char *dh3_request_describe(const dh3_request *req) {
+  static const char *const names[][2] = {
+    {"GET", "GET download"}, {"POST", "POST download"}, {"HEAD", "HEAD download"}
+  };
+  return names[req->method][req->dest != NULL];
 }
 /* }====================================================================== */
-
-static const luaL_Reg dh3_request_methods[] = {
-  {"cancel", dh3_request_cancel},
-  {"progress", dh3_request_progress},
-  {"info", dh3_request_info},
-  {"state", dh3_request_state},
-  {NULL, NULL}
-};
-
-static const luaL_Reg dh3_request_meta[] = {
-  {"__gc", dh3_request_close_l},
-  {"__close", dh3_request_close_l},
-  {"__tostring", dh3_request_tostring},
-  {NULL, NULL}
-};
-
-void dh3_request_open(lua_State *L) {
-  luaL_newmetatable(L, DH3_REQUEST_MT);
-  luaL_setfuncs(L, dh3_request_meta, 0);
-  luaL_newlib(L, dh3_request_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushliteral(L, DH3_REQUEST_MT);
-  lua_setfield(L, -2, "__name");
-  lua_pop(L, 1);
-}
