@@ -10,6 +10,7 @@
 -- Waiting functions (sleep, wait_readable, wait_writable, suspend) must be called from inside a
 -- coroutine started by this loop's spawn.
 local socket = require "socket"
+local heap = require "dh3.heap"
 
 local M = {}
 
@@ -40,38 +41,8 @@ function Loop:now()
   return socket.gettime()
 end
 
--- Timer heap keyed by (at, seq) so equal deadlines fire in the order they were set.
-local function before(a, b)
-  return a.at < b.at or (a.at == b.at and a.seq < b.seq)
-end
-
-local function heap_push(h, item)
-  h[#h + 1] = item
-  local i = #h
-  while i > 1 do
-    local parent = i // 2
-    if not before(h[i], h[parent]) then break end
-    h[i], h[parent] = h[parent], h[i]
-    i = parent
-  end
-end
-
-local function heap_pop(h)
-  local top, n = h[1], #h
-  h[1] = h[n]
-  h[n] = nil
-  n = n - 1
-  local i = 1
-  while true do
-    local l, r, m = 2 * i, 2 * i + 1, i
-    if l <= n and before(h[l], h[m]) then m = l end
-    if r <= n and before(h[r], h[m]) then m = r end
-    if m == i then break end
-    h[i], h[m] = h[m], h[i]
-    i = m
-  end
-  return top
-end
+-- The timers: dh3.heap, keyed by (at, seq) so equal deadlines fire in the order they were set.
+local heap_push, heap_pop, before = heap.push, heap.pop, heap.before
 
 -- Resumes a coroutine and reports its death by error; a coroutine that yields has registered
 -- what it waits for before yielding.
