@@ -108,22 +108,36 @@ describe("the dh3 command", function()
       assert.matches("^dh3 %d+%.%d+%.%d+", run.out)
     end)
 
-    it("documents every command with its exit codes and environment", function()
-      for _, command in ipairs({ {}, { "generate" }, { "status" }, { "wait" }, { "download" }, { "resume" } }) do
-        local args = { table.unpack(command) }
-        if args[1] ~= "help" then args[#args + 1] = "--help" end
-        local run = dh3(nil, table.unpack(args))
-        local what = table.concat(args, " ")
-        assert.are.equal(0, run.code, what)
-        assert.matches("^Usage: dh3", run.out, what)
-        for _, text in ipairs({ "Exit codes", "0 +success", "1 +a task failed", "2 +usage", "3 +API or network",
-          "4 +timeout", "worst", "DH3_API_KEY", "DH3_BASE_URL" }) do
-          assert.matches(text, run.out, what)
-        end
+    it("says once, in dh3 --help, the exit codes, output and environment every command shares", function()
+      local top = dh3(nil, "--help")
+      assert.are.equal(0, top.code)
+      assert.matches("^Usage: dh3", top.out)
+      for _, text in ipairs({ "Exit codes", "0 +success", "1 +a task failed", "2 +usage", "3 +API or network",
+        "4 +timeout", "worst", "DH3_API_KEY", "DH3_BASE_URL", "DH3_JOURNAL", "summary", "stderr" }) do
+        assert.matches(text, top.out)
       end
+      for _, command in ipairs({ "generate", "status", "wait", "download", "resume" }) do
+        local run = dh3(nil, command, "--help")
+        assert.are.equal(0, run.code, command)
+        assert.matches("^Usage: dh3 " .. command, run.out, command)
+        -- a pointer to the shared text, not a copy of it
+        assert.matches("see 'dh3 --help'", run.out, nil, true)
+        assert.is_nil(run.out:find("worst wins", 1, true), command)
+        assert.is_nil(run.out:find("DH3_BASE_URL", 1, true), command)
+      end
+    end)
+
+    it("gives dh3 status its own exit codes: 0 whatever the state, and never 1", function()
+      local run = dh3(nil, "status", "--help")
+      assert.matches("0 +every task was read, whatever its state", run.out)
+      assert.is_nil(run.out:find("\n +1 +"), run.out)
+      assert.is_nil(run.out:find("a task failed", 1, true))
+    end)
+
+    it("documents each command's flags", function()
       local gen = dh3(nil, "generate", "--help").out
       for _, flag in ipairs({ "--aspect-ratio", "--resolution", "--format", "--image", "--callback-url", "--out",
-        "--no-wait", "--timeout", "--json", "--prompts", "--journal", "DH3_JOURNAL" }) do
+        "--no-wait", "--timeout", "--json", "--prompts", "--journal", "--again", "skipped" }) do
         assert.matches(flag, gen, nil, true)
       end
       for _, command in ipairs({ "status", "wait", "download", "resume" }) do
@@ -203,7 +217,8 @@ describe("the dh3 command", function()
       local e = events_of(run, "error")
       assert.are.equal(1, #e)
       assert.are.same({ "invalid_request", 2 }, { e[1].kind, e[1].index })
-      assert.matches("prompt 2: prompt must be 3 to 20000 characters, got 2", run.err, nil, true)
+      assert.matches('dh3: prompt 2 "hi": invalid_request: prompt must be 3 to 20000 characters, got 2', run.err,
+        nil, true)
     end)
 
     it("2: no API key", function()
@@ -217,7 +232,7 @@ describe("the dh3 command", function()
       for _, args in ipairs({ { "generate", "a red door" }, { "status", "0123456789abcdef0123456789abcdef" } }) do
         local run = dh3({ DH3_API_KEY = key, DH3_BASE_URL = emu.url }, table.unpack(args))
         assert.are.equal(3, run.code, run.err)
-        assert.matches("dh3: auth: ", run.err, nil, true)
+        assert.matches("auth: invalid API key", run.err, nil, true)
         assert.is_nil((run.out .. run.err):find(key, 1, true))
         assert.is_nil((run.out .. run.err):find("7c1f9e2a", 1, true))
       end
@@ -255,11 +270,11 @@ describe("the dh3 command", function()
         "--json")
       assert.are.equal(0, run.code, run.err)
       assert.are.equal("", run.err)
-      assert.matches("^created state[ state]* saved$", names(run))
-      local created, saved = run.events[1], run.events[#run.events]
+      assert.matches("^created state[ state]* saved summary$", names(run))
+      local created, saved = run.events[1], run.events[#run.events - 1]
       assert.are.same({ 1, "a lighthouse at dawn", "queuing" }, { created.index, created.prompt, created.state })
-      assert.are.equal("success", run.events[#run.events - 1].state)
-      for _, e in ipairs(run.events) do assert.are.equal(created.task_id, e.task_id) end
+      assert.are.equal("success", run.events[#run.events - 2].state)
+      for i = 1, #run.events - 1 do assert.are.equal(created.task_id, run.events[i].task_id) end
       assert.are.same({ out .. "/json.png", 1376, 768 }, { saved.path, saved.width, saved.height })
       assert.are.equal(saved.bytes, #read_file(saved.path))
       local status = dh3(env, "status", created.task_id)
@@ -315,14 +330,14 @@ describe("the dh3 command", function()
       local created = dh3(env, "generate", "--no-wait", "a kite {emu:process=1}", "a drum {emu:process=1}")
       assert.are.equal(0, created.code, created.err)
       assert.is_true(now() - start < 0.9, "--no-wait waited")
-      assert.are.equal("created created", names(created))
+      assert.are.equal("created created summary", names(created))
       local a, b = created.events[1].task_id, created.events[2].task_id
 
       local status = dh3(env, "status", a, b)
       assert.are.equal(0, status.code, status.err)
-      assert.are.equal("state state", names(status))
+      assert.are.equal("state state summary", names(status))
       local by_index = {} -- in the order the answers came
-      for _, e in ipairs(status.events) do by_index[e.index] = e.task_id end
+      for _, e in ipairs(events_of(status, "state")) do by_index[e.index] = e.task_id end
       assert.are.same({ a, b }, by_index)
 
       local waited = dh3(env, "wait", a, b)
@@ -344,7 +359,7 @@ describe("the dh3 command", function()
 
     it("status of an unknown task exits 3 with kind not_found", function()
       local run = dh3(env, "status", "0123456789abcdef0123456789abcdef")
-      assert.are.equal(3, run.code)
+      assert.are.equal(3, run.code, run.err)
       assert.are.equal("not_found", events_of(run, "error")[1].kind)
     end)
   end)
@@ -583,6 +598,241 @@ describe("the dh3 command", function()
     end)
   end)
 
+  describe("--out, checked before anything is sent", function()
+    local dir
+    before_each(function() dir = tmpdir() end)
+    after_each(function() files.rm_rf(dir) end)
+
+    -- runs `dh3 generate ARGS`; asserts it was refused (exit 2, usage on stderr, nothing sent)
+    -- and returns its stderr
+    local function refused(...)
+      local before = requests(emu)
+      local run = dh3(env, "generate", ...)
+      assert.are.equal(2, run.code, run.err)
+      assert.are.equal(before, requests(emu))
+      assert.matches("Usage: dh3 generate", run.err, nil, true)
+      return run.err
+    end
+
+    it("a file in a folder that does not exist: refused, not created, waited on and lost", function()
+      local err = refused("a red door", "--out", dir .. "/no-such-dir/x.png")
+      assert.matches("the folder " .. dir .. "/no-such-dir of --out " .. dir .. "/no-such-dir/x.png does not exist",
+        err, nil, true)
+      assert.is_nil(read_file(dir .. "/no-such-dir"))
+      err = refused("a red door", "--out", "/nonexistent-dir/x.png")
+      assert.matches("does not exist", err, nil, true)
+      -- (as a folder that cannot be made is, and was)
+      local file = dir .. "/a-file"
+      assert(io.open(file, "w")):close()
+      refused("a red door", "--out", file .. "/sub/")
+    end)
+
+    it("a file whose extension is not --format's: refused, whichever way round", function()
+      assert.matches("--out " .. dir .. "/x.png ends in .png, but the image will be JPEG (--format jpg)",
+        refused("a red door", "--format", "jpg", "--out", dir .. "/x.png"), nil, true)
+      assert.matches("ends in .jpg, but the image will be PNG",
+        refused("a red door", "--out", dir .. "/x.jpg"), nil, true)
+      local run = dh3(env, "generate", "a red door", "--format", "jpg", "--out", dir .. "/x.jpeg")
+      assert.are.equal(0, run.code, run.err)
+      assert.are.equal("\255\216\255", read_file(dir .. "/x.jpeg"):sub(1, 3)) -- JPEG bytes, in a .jpeg
+    end)
+
+    it("several prompts and a file name: refused, no folder named like an image", function()
+      assert.matches("several tasks are saved into a folder, and --out " .. dir .. "/single.png names an image file",
+        refused("a red door", "a blue door", "--out", dir .. "/single.png"), nil, true)
+      assert.is_nil(read_file(dir .. "/single.png"))
+      assert.is_false(require("dh3.download").is_directory(dir .. "/single.png"))
+      -- as a folder it is fine
+      local run = dh3(env, "generate", "a red door", "a blue door", "--out", dir .. "/single.png/")
+      assert.are.equal(0, run.code, run.err)
+      assert.are.equal(2, #events_of(run, "saved"))
+    end)
+  end)
+
+  describe("what a prompt may be", function()
+    it("a blank prompt is refused, with nothing sent (the service would take it, and charge)", function()
+      local before = requests(emu)
+      local run = dh3(env, "generate", "a fine prompt", "   ")
+      assert.are.equal(2, run.code)
+      assert.are.equal(before, requests(emu))
+      assert.matches('dh3: prompt 2 "   ": invalid_request: prompt is blank', run.err, nil, true)
+    end)
+  end)
+
+  describe("messages that help", function()
+    it("--prompts FILE that cannot be read says why", function()
+      local run = dh3(env, "generate", "--prompts", out .. "/no-such-file")
+      assert.are.equal(2, run.code)
+      assert.matches("cannot read --prompts: " .. out .. "/no-such-file: No such file or directory", run.err, nil, true)
+      assert.is_nil(run.err:find("nil", 1, true))
+      run = dh3(env, "generate", "--prompts", out)
+      assert.are.equal(2, run.code)
+      assert.matches("Is a directory", run.err, nil, true)
+    end)
+
+    it("a prompts file of comments only says so", function()
+      local file = out .. "/comments.txt"
+      local f = assert(io.open(file, "w"))
+      f:write("# nothing yet\n\n   \n")
+      f:close()
+      local run = dh3(env, "generate", "--prompts", file)
+      assert.are.equal(2, run.code)
+      assert.matches("no prompt: --prompts " .. file .. " has no prompt in it (only blank lines and # comments)",
+        run.err, nil, true)
+    end)
+
+    it("no API key names DH3_API_KEY, the command line's only way to give one", function()
+      local run = dh3({ DH3_BASE_URL = emu.url }, "generate", "a red door")
+      assert.are.equal(2, run.code)
+      assert.matches("no API key: set DH3_API_KEY", run.err, nil, true)
+      assert.is_nil(run.err:find("api_key", 1, true))
+    end)
+
+    it("--timeout -5 is a bad value of --timeout, not an unknown option", function()
+      for _, args in ipairs({ { "generate", "a red door", "--timeout", "-5" },
+        { "wait", ("a"):rep(32), "--timeout", "-0.5" } }) do
+        local run = dh3(env, table.unpack(args))
+        assert.are.equal(2, run.code)
+        assert.matches("--timeout must be a positive number of seconds, got '" .. args[4] .. "'", run.err, nil, true)
+        assert.is_nil(run.err:find("unknown option", 1, true))
+      end
+    end)
+  end)
+
+  describe("batches", function()
+    local dir
+    before_each(function() dir = tmpdir() end)
+    after_each(function() files.rm_rf(dir) end)
+
+    it("end with a summary event: saved, failed, not created", function()
+      local run = dh3(env, "generate", "a saved one", "a failed one {emu:fail}", "--out", dir .. "/")
+      assert.are.equal(1, run.code)
+      local s = run.events[#run.events]
+      assert.are.equal("summary", s.event)
+      assert.are.same({ 2, 1, 1, 0, 0 }, { s.tasks, s.saved, s.failed, s.not_created, s.skipped })
+    end)
+
+    it("a bad line of --prompts is named by its line in the file", function()
+      local file = dir .. "/prompts.txt"
+      local f = assert(io.open(file, "w"))
+      f:write("# a batch\n\na fine whale\n\nhi\n")
+      f:close()
+      local run = dh3(env, "generate", "--prompts", file)
+      assert.are.equal(2, run.code)
+      local e = events_of(run, "error")[1]
+      assert.are.same({ 2, 5 }, { e.index, e.line })
+      assert.matches('dh3: --prompts ' .. file .. ' line 5 "hi": invalid_request: prompt must be 3 to 20000',
+        run.err, nil, true)
+    end)
+
+    it("a failed create names its prompt and index on stderr", function()
+      local broke = emulator.start{ "--credits", "0" }
+      local run = dh3({ DH3_API_KEY = broke.key, DH3_BASE_URL = broke.url }, "generate", "a first door",
+        ("a second door, " .. ("very "):rep(20) .. "long"), "--out", dir .. "/")
+      broke:stop()
+      assert.are.equal(3, run.code)
+      assert.matches('dh3: prompt 1 "a first door": insufficient_credits: ', run.err, nil, true)
+      assert.matches('dh3: prompt 2 "a second door, very very very very ve...": insufficient_credits: ', run.err,
+        nil, true)
+      assert.are.equal(2, run.events[#run.events].not_created)
+    end)
+
+    it("rerun with --journal, only what did not succeed is created again; --again creates all", function()
+      local path = dir .. "/journal"
+      local prompts = { "a kept lake", "a lost vase {emu:fail}", "a kept lake" }
+      local first = dh3(env, "generate", prompts[1], prompts[2], prompts[3], "--journal", path, "--out", dir .. "/")
+      assert.are.equal(1, first.code, first.err)
+      assert.are.equal(2, #events_of(first, "saved"))
+
+      local before = emu:stats().creates
+      local again = dh3(env, "generate", prompts[1], prompts[2], prompts[3], "--journal", path, "--out", dir .. "/")
+      assert.are.equal(1, again.code, again.err)
+      assert.are.equal(before + 1, emu:stats().creates) -- the failed one only
+      local skipped = events_of(again, "skipped")
+      assert.are.same({ 1, 3 }, { skipped[1].index, skipped[2].index })
+      assert.are.equal("a kept lake", skipped[1].prompt)
+      assert.are.equal(1, #skipped[1].paths)
+      assert.are.equal(2, events_of(again, "created")[1].index)
+      local s = again.events[#again.events]
+      assert.are.same({ 1, 2, 1 }, { s.tasks, s.skipped, s.failed })
+
+      -- other options are another request: created; a saved file removed: created again
+      before = emu:stats().creates
+      os.remove(skipped[2].paths[1])
+      local other = dh3(env, "generate", prompts[1], prompts[1], "--aspect-ratio", "16:9", "--journal", path,
+        "--out", dir .. "/")
+      assert.are.equal(0, other.code, other.err)
+      assert.are.equal(before + 2, emu:stats().creates)
+      local removed = dh3(env, "generate", prompts[1], prompts[1], "--journal", path, "--out", dir .. "/")
+      assert.are.equal(0, removed.code, removed.err)
+      assert.are.equal(1, #events_of(removed, "skipped"))
+      assert.are.equal(1, #events_of(removed, "created"))
+
+      before = emu:stats().creates
+      local all = dh3(env, "generate", prompts[1], "--journal", path, "--out", dir .. "/", "--again")
+      assert.are.equal(0, all.code, all.err)
+      assert.are.equal(before + 1, emu:stats().creates)
+      assert.are.equal(0, #events_of(all, "skipped"))
+    end)
+  end)
+
+  describe("dh3 pending --forget", function()
+    local dir
+    before_each(function() dir = tmpdir() end)
+    after_each(function() files.rm_rf(dir) end)
+
+    it("stops listing an unanswered create, and keeps its record in the journal", function()
+      local path = dir .. "/journal"
+      local created = dh3(env, "generate", "--no-wait", "a found one", "--journal", path)
+      assert.are.equal(0, created.code, created.err)
+      local lid = unanswered_intent(path, "lost one")
+      local other = unanswered_intent(path, "lost two")
+      local run = dh3(nil, "pending", "--journal", path, "--forget", lid)
+      assert.are.equal(0, run.code, run.err)
+      assert.are.same({ "forgotten", lid, "lost one" }, { run.events[1].event, run.events[1].local_id,
+        run.events[1].prompt })
+      local listed = dh3(nil, "pending", "--journal", path)
+      assert.are.equal("pending unanswered", names(listed))
+      assert.are.equal(other, listed.events[2].local_id)
+      local types = {}
+      for _, r in ipairs(journal_records(path)) do
+        if r.lid == lid then types[#types + 1] = r.t end
+      end
+      assert.are.same({ "intent", "forgotten" }, types)
+    end)
+
+    it("a local id that is not an unanswered create is a usage error, and nothing is written", function()
+      local path = dir .. "/journal"
+      local created = dh3(env, "generate", "--no-wait", "an answered one", "--journal", path)
+      local size = #read_file(path)
+      local answered = journal_records(path)[1].lid
+      for _, lid in ipairs({ answered, "0123456789abcdef0123456789abcdef" }) do
+        local run = dh3(nil, "pending", "--journal", path, "--forget", lid)
+        assert.are.equal(2, run.code, run.err)
+        assert.matches("no unanswered create of local id '" .. lid .. "'", run.err, nil, true)
+      end
+      assert.are.equal(size, #read_file(path))
+      assert.are.equal(created.events[1].task_id, dh3(nil, "pending", "--journal", path).events[1].task_id)
+    end)
+
+    it("takes the journal's lock: refused (exit 3) while a run holds it", function()
+      local path = dir .. "/journal"
+      local lid = unanswered_intent(path, "lost while held")
+      local holder = child(([[
+        local j = assert(require("dh3.journal").open(%q))
+        print("holding")
+        require("socket").sleep(30)
+      ]]):format(path))
+      assert.are.equal("holding", holder.pipe:read("l"))
+      local run = dh3(nil, "pending", "--journal", path, "--forget", lid)
+      os.execute("kill -9 " .. holder.pid)
+      holder.pipe:close()
+      assert.are.equal(3, run.code, run.err)
+      assert.matches("in use by process " .. holder.pid, run.err, nil, true)
+      assert.are.equal("unanswered", names(dh3(nil, "pending", "--journal", path)))
+    end)
+  end)
+
   describe("dh3 emulator", function()
     it("runs the emulator with its own flags and prints its listening line", function()
       local p = assert(io.popen("echo $$; exec lua5.4 bin/dh3 emulator --host 127.0.0.1 --port 0 --queue-time 0"))
@@ -638,8 +888,8 @@ describe("the dh3 command in a terminal (tmux)", function()
     local distinct = 0
     for _ in pairs(elapsed) do distinct = distinct + 1 end
     assert.is_true(distinct >= 3, "elapsed time seen: " .. table.concat(screens, "\n----\n"))
-    -- at the end: the saved path of one, the failure of the other (its row and its error line)
-    assert.matches("%x+%s+saved%s+%d+%.%ds%s+" .. out:gsub("%p", "%%%0") .. "/%x+%.png", final)
+    -- at the end: the prompt and saved path of one, the failure of the other (its row and its error line)
+    assert.matches("%x+%s+saved%s+%d+%.%ds%s+a lighthouse at dawn%s+%-> %S*/%x+%.png", final)
     assert.matches("%x+%s+failed%s+%d+%.%ds%s+a broken vase", final)
     assert.matches("dh3: task_failed: Upstream model error", final, nil, true)
     assert.matches("exit=1", final, nil, true)
@@ -740,7 +990,7 @@ describe("dh3.cli.terminal", function()
     assert.matches("\27[1A\r\27[K", text, nil, true) -- the second draw went back up one row
     job.phase, job.ended, job.paths, job.saved_bytes = "saved", 104, { "out/a.png" }, 4 * 1024 * 1024
     t:finished(job)
-    assert.matches("saved%s+14%.0s  out/a%.png  %(4%.0 MiB%)\n\27%[J$", out:get())
+    assert.matches("saved%s+14%.0s  a kite %-> out/a%.png  %(4%.0 MiB%)\n\27%[J$", out:get())
     assert.are.equal("", err:get())
   end)
 

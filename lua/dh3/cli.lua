@@ -3,6 +3,7 @@
 -- Grammar and help in dh3.cli.parser; exit codes in dh3.cli.exitcode.
 local dh3 = require "dh3"
 local core = require "dh3.core"
+local errors = require "dh3.errors"
 local validate = require "dh3.validate"
 local exitcode = require "dh3.cli.exitcode"
 local parser_mod = require "dh3.cli.parser"
@@ -33,16 +34,24 @@ local function report_usage(u, commands)
 end
 
 -- The prompts of a --prompts file ("-": stdin): one a line, blank lines and # comments skipped.
--- Returns the list, or nil, message.
+-- Returns the list ({text, line}: line is its number in the file), or nil, message.
 local function read_prompts(path)
-  local f, err = path == "-" and io.stdin or io.open(path, "r")
-  if not f then return nil, err end
-  local prompts = {}
-  for line in f:lines() do
-    line = line:gsub("\r$", "")
-    if line:find("%S") and not line:find("^%s*#") then prompts[#prompts + 1] = line end
+  local f, err
+  if path == "-" then
+    f = io.stdin
+  else
+    f, err = io.open(path, "r")
+    if not f then return nil, err end -- "PATH: No such file or directory"
   end
+  local data, rerr = f:read("a")
   if f ~= io.stdin then f:close() end
+  if not data then return nil, ("%s: %s"):format(path == "-" and "stdin" or path, rerr) end -- a folder
+  local prompts, n = {}, 0
+  for line in (data .. "\n"):gmatch("(.-)\n") do
+    n = n + 1
+    line = line:gsub("\r$", "")
+    if line:find("%S") and not line:find("^%s*#") then prompts[#prompts + 1] = { text = line, line = n } end
+  end
   return prompts
 end
 
@@ -65,32 +74,56 @@ local function new_reporter(json)
 end
 
 -- The jobs of a `generate`: its prompts checked before anything is sent, so that a typo in a
--- file of prompts costs nothing. Returns jobs, or nil and the errors (one per refused prompt).
+-- file of prompts costs nothing. Returns jobs, or nil and the errors (one per refused prompt:
+-- {err, job}). Each job's `body` is the create's wire body, which a rerun matches.
 local function prompt_jobs(args, command)
   local prompts = {}
-  for _, p in ipairs(args.prompt) do prompts[#prompts + 1] = p end
+  for i, p in ipairs(args.prompt) do prompts[#prompts + 1] = { text = p, where = "prompt " .. i } end
   if args.prompts then
     local from_file, err = read_prompts(args.prompts)
     if not from_file then usage_error(command, "cannot read --prompts: " .. tostring(err)) end
-    for _, p in ipairs(from_file) do prompts[#prompts + 1] = p end
+    if #from_file == 0 and #prompts == 0 then
+      usage_error(command, ("no prompt: --prompts %s has no prompt in it (only blank lines and # comments)")
+        :format(args.prompts))
+    end
+    local name = args.prompts == "-" and "stdin" or args.prompts
+    for _, p in ipairs(from_file) do
+      prompts[#prompts + 1] = { text = p.text, line = p.line, where = ("--prompts %s line %d"):format(name, p.line) }
+    end
   end
   if #prompts == 0 then usage_error(command, "no prompt: give PROMPT arguments or --prompts FILE") end
   local jobs, refused = {}, {}
-  for i, prompt in ipairs(prompts) do
+  for i, p in ipairs(prompts) do
     local input = {
-      prompt = prompt, aspect_ratio = args.aspect_ratio, resolution = args.resolution,
+      prompt = p.text, aspect_ratio = args.aspect_ratio, resolution = args.resolution,
       output_format = args.format, callback_url = args.callback_url,
       image_urls = #args.image > 0 and args.image or nil,
     }
-    jobs[i] = jobs_mod.new(i, { prompt = prompt, input = input })
-    local _, err = validate.task_input(input, 1)
-    if err then
-      err.message = ("prompt %d: %s"):format(i, err.message)
-      refused[#refused + 1] = { err = err, job = jobs[i] }
-    end
+    jobs[i] = jobs_mod.new(i, { prompt = p.text, input = input, where = p.where, line = p.line })
+    local body, err = validate.task_input(input, 1)
+    jobs[i].body = body
+    if err then refused[#refused + 1] = { err = err, job = jobs[i] } end
   end
   if #refused > 0 then return nil, refused end
   return jobs
+end
+
+-- A rerun with a journal: the jobs whose prompt and options (the whole wire body) made a task
+-- whose images that journal has saved (and that are still there) are left out and said. Returns
+-- the jobs left, and the skipped ones ({index, line, prompt, task_id, paths}).
+local function skip_saved(jobs, journal)
+  local saved = pending.saved_matcher(journal)
+  local left, skipped = {}, {}
+  for _, job in ipairs(jobs) do
+    local t = saved(job.body)
+    if t then
+      skipped[#skipped + 1] = { index = job.index, line = job.line, prompt = job.prompt, task_id = t.task_id,
+        paths = t.paths }
+    else
+      left[#left + 1] = job
+    end
+  end
+  return left, skipped
 end
 
 local function id_jobs(args, command)
@@ -149,6 +182,27 @@ local function run_error(reporter, err)
   return exitcode.for_error(err)
 end
 
+-- The run's client, or nil, err. The key is the environment's: the command line has no other
+-- way to give one, so that is what a missing key's message names. The rows of `plan`'s jobs
+-- learn from its hook when their status reads fail (see jobs.read_watcher).
+local function new_client(journal, plan)
+  local key = os.getenv("DH3_API_KEY")
+  if key == nil or key == "" then
+    return nil, errors.new("auth", "no API key: set DH3_API_KEY to your DH3 API key "
+      .. "(with DH3_BASE_URL, the key of an emulator)")
+  end
+  plan.by_task = {}
+  return dh3.new{ journal = journal, on_request = jobs_mod.read_watcher(plan.by_task) }
+end
+
+-- The end of a run that was not interrupted: its summary (how many saved, failed, not created,
+-- skipped, ...), as a line on a terminal (for a run of several) or a "summary" event.
+local function finish(reporter, jobs, skipped)
+  local counts = jobs_mod.tally(jobs)
+  counts.skipped = skipped and #skipped or 0
+  reporter:summary(counts)
+end
+
 -- The journal pending and resume read: --journal or DH3_JOURNAL, and a file there.
 local function required_journal(args, command)
   local path = pending.path(args.journal)
@@ -158,11 +212,54 @@ local function required_journal(args, command)
   return path
 end
 
+-- dh3 pending --forget LOCAL_ID...: each an unanswered create of the journal (else a usage error,
+-- with nothing written), recorded as forgotten. The one case where pending writes: it takes the
+-- journal's lock, as a run does.
+local function forget(args, command, path, human)
+  local journal, err = require("dh3.journal").open(path)
+  if not journal then
+    if human then
+      io.stderr:write(tostring(err), "\n")
+      return exitcode.for_error(err)
+    end
+    return run_error(jsonlines.new(), err)
+  end
+  local unanswered = {}
+  for _, u in ipairs(journal:pending().unanswered) do unanswered[u.local_id] = u end
+  for _, lid in ipairs(args.forget) do
+    if not unanswered[lid] then
+      journal:close()
+      usage_error(command, ("no unanswered create of local id '%s' in %s (dh3 pending lists them)")
+        :format(errors.sanitize(lid, 80), path))
+    end
+  end
+  local lines = not human and jsonlines.new()
+  for _, lid in ipairs(args.forget) do
+    local ok, ferr = journal:forget(lid)
+    if not ok then
+      journal:close()
+      if lines then return run_error(lines, ferr) end
+      io.stderr:write(tostring(ferr), "\n")
+      return exitcode.for_error(ferr)
+    end
+    local prompt = pending.prompt(unanswered[lid].input)
+    if lines then
+      lines:emit("forgotten", { local_id = lid, prompt = prompt })
+    else
+      io.stdout:write(('Forgotten: local id %s, prompt %s. dh3 pending no longer lists it; its record stays '
+        .. 'in the journal.\n'):format(lid, prompt and ('"' .. format.fit(prompt, 60) .. '"') or "unknown"))
+    end
+  end
+  journal:close()
+  return exitcode.OK
+end
+
 -- dh3 pending: the journal read, nothing sent (no key needed), nothing written (no lock: a run may
--- hold it); a torn end is said on stderr and left.
+-- hold it); a torn end is said on stderr and left. With --forget, see forget().
 local function list_pending(args, command)
   local path = required_journal(args, command)
   local human = not args.json and terminal.is_terminal()
+  if #args.forget > 0 then return forget(args, command, path, human) end
   local state, err = pending.read(path)
   local torn = state and pending.torn_line(state, path)
   if torn then io.stderr:write(torn, "\n") end
@@ -187,13 +284,13 @@ local function resume(args, command)
   local path = required_journal(args, command)
   local reporter, redraw = new_reporter(args.json)
   -- the journal first: held by another run, nothing else happens (not even the --out folder)
-  local client, err = dh3.new{ journal = path }
+  local plan = { timeout = args.timeout, summary = summary }
+  local client, err = new_client(path, plan)
   if not client then return run_error(reporter, err) end
   -- the records themselves, for the prompts the rows show (client:pending() gives tasks by id)
   local state = client._journal:pending()
-  local plan = { timeout = args.timeout, summary = summary }
   if #state.tasks > 0 then
-    local dest, derr = destination.new(args.out, true)
+    local dest, derr = destination.prepare(args.out, true)
     if not dest then
       client:close()
       usage_error(command, derr)
@@ -210,6 +307,7 @@ local function resume(args, command)
   if #jobs > 0 then
     plan.dest = plan.dest or assert(destination.new(args.out, true))
     code = run(client, jobs, plan, reporter, redraw, path)
+    if code ~= exitcode.INTERRUPTED then finish(reporter, jobs) end
   elseif redraw and #unanswered == 0 then
     io.stdout:write("Nothing to resume in ", path, ".\n")
   end
@@ -236,18 +334,53 @@ local function execute(args, command)
     reporter:close()
     return exitcode.USAGE
   end
+  -- where the images go, checked before anything is sent: a typo must cost nothing
   if args.out and not plan.no_wait then
-    local dest, err = destination.new(args.out, #jobs > 1)
+    local dest, err = destination.prepare(args.out, #jobs > 1, args.format)
     if not dest then usage_error(command, err) end
     plan.dest = dest
   end
   local journal = pending.path(args.journal)
-  local client, err = dh3.new{ journal = journal }
+  local skipped
+  if args.command == "generate" and journal and not args.again then
+    -- read before the client opens the journal: an open may compact it, which forgets them
+    jobs, skipped = skip_saved(jobs, journal)
+  end
+  local client, err = new_client(journal, plan)
   if not client then return run_error(reporter, err) end
-  local code = run(client, jobs, plan, reporter, redraw, journal)
+  if skipped then reporter:skipped(skipped, journal) end
+  local code = exitcode.OK
+  if #jobs > 0 then code = run(client, jobs, plan, reporter, redraw, journal) end
+  if code ~= exitcode.INTERRUPTED then finish(reporter, jobs, skipped) end
   reporter:close()
   client:close()
   return code
+end
+
+-- Options that take a value, which may look like a negative number ("--timeout -5"): argparse
+-- would read "-5" as an unknown option; joined as "--timeout=-5", its value is checked instead.
+local VALUED = { ["--timeout"] = true, ["--out"] = true, ["--prompts"] = true, ["--image"] = true,
+  ["--callback-url"] = true, ["--journal"] = true, ["--aspect-ratio"] = true, ["--resolution"] = true,
+  ["--format"] = true, ["--forget"] = true }
+
+local function join_negative_values(argv)
+  if argv[1] == "emulator" then return argv end -- the emulator's flags are its own
+  local out, i = {}, 1
+  while i <= #argv do
+    local a, nxt = argv[i], argv[i + 1]
+    if a == "--" then
+      table.move(argv, i, #argv, #out + 1, out)
+      break
+    end
+    if VALUED[a] and nxt and nxt:find("^%-%.?%d") then
+      out[#out + 1] = a .. "=" .. nxt
+      i = i + 2
+    else
+      out[#out + 1] = a
+      i = i + 1
+    end
+  end
+  return out
 end
 
 --- Runs the command line `argv` (without the program name); returns the exit code.
@@ -255,7 +388,7 @@ function M.main(argv, version)
   local parser, commands = parser_mod.new(version)
   parser.error = usage_error
   local ok, result = pcall(function()
-    local args = parser:parse(argv)
+    local args = parser:parse(join_negative_values(argv))
     if args.command == "emulator" then
       return require("dh3.emulator").main(args.flags) or exitcode.OK
     end

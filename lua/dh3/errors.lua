@@ -95,6 +95,25 @@ M.sanitize = sanitize
 
 local type, math_type, json_decode = type, math.type, core.json_decode
 
+-- The C core joins curl's name for a failure and its detailed text: "Couldn't connect to server:
+-- Failed to connect to h port 9 after 0 ms: Couldn't connect to server". Newer libcurl already
+-- ends the detail with that name, which then reads twice: the detail alone says it all.
+local function curl_message(message)
+  local head, name, detail, tail = message:match("^(.-%()([^():]+): (.*)(%))$")
+  if not head then
+    head, tail = "", ""
+    name, detail = message:match("^([^:]+): (.*)$")
+    if not name then return message end
+  end
+  if detail == name then return head .. name .. tail end
+  if detail:sub(-(#name + 2)) == ": " .. name then return head .. detail .. tail end
+  return message
+end
+
+-- The message of an HTTP 3xx: the API never redirects, and dh3 never follows one.
+local REDIRECTED = "the service redirected the request, and dh3 follows no redirect so that the API key "
+  .. "goes to no other address: check base_url or DH3_BASE_URL"
+
 --- Turns the C core's result for one API exchange into (document) or (nil, err).
 -- The document is the decoded JSON object of a successful answer (body code 200).
 function M.from_response(res)
@@ -103,7 +122,7 @@ function M.from_response(res)
       return nil, M.new("protocol", "the answer is larger than the client accepts", { http_status = res.status })
     end
     local kind = res.curl_error == "OPERATION_TIMEDOUT" and "timeout" or "network"
-    return nil, M.new(kind, sanitize(res.message or res.curl_error, 200), { curl_error = res.curl_error })
+    return nil, M.new(kind, sanitize(curl_message(res.message or res.curl_error), 200), { curl_error = res.curl_error })
   end
   local status = res.status
   local doc = res.body and json_decode(res.body)
@@ -114,6 +133,7 @@ function M.from_response(res)
   local retry_after = M.parse_retry_after(res.retry_after)
 
   if status < 200 or status > 299 then
+    if status >= 300 and status <= 399 then message = REDIRECTED end
     return nil, M.new(M.kind_for_code(status), message or ("HTTP " .. status), {
       http_status = status, code = code, retry_after = retry_after,
     })

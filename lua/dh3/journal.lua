@@ -9,21 +9,27 @@
 --   {"t":"saving","id":TASK_ID,"at":T}              the caller means to save the task's images (it
 --                                                   may come before the task has finished, or after)
 --   {"t":"saved","id":TASK_ID,"paths":[...],"at":T} its images are on the disk (paths left out when none)
+--   {"t":"forgotten","lid":LID,"at":T}              a person dismissed an intent that never had an
+--                                                   answer (dh3 pending --forget): settled
 -- LID is a local id (32 hex digits from /dev/urandom), T the time in Unix seconds. Every record
 -- is on the disk (fdatasync) before the call that writes it returns.
 --
 -- A create's records form a chain (intent, created, [saving,] finished, [saving,] [saved]; or
--- intent, abandoned). A chain is live while it is unsettled: an intent without an answer; a task
--- created and not finished; or a task whose saving has no saved yet, whether it finished or not
--- (its images may still be at the service only). A finished with state "fail" settles the chain
--- even after a saving: there is nothing to save. Compaction rewrites the file with every line of
--- the live chains only, atomically (see src/journal.c).
+-- intent, abandoned; or intent, forgotten). A chain is live while it is unsettled: an intent
+-- without an answer; a task created and not finished; or a task whose saving has no saved yet,
+-- whether it finished or not (its images may still be at the service only). A finished with
+-- state "fail" settles the chain even after a saving: there is nothing to save. Compaction
+-- rewrites the file with every line of the live chains only, atomically (see src/journal.c).
 --
 -- saving and saved came after format 1 was first written, and need no new version: a reader that
 -- does not know a record type skips it, so an older dh3 still reads these journals. It takes a
 -- chain whose images were being saved as settled at its finished, though (it forgets the download
 -- a crash cut short, as dh3 did before these records), and its compaction drops such a chain. That
 -- is the price of older versions staying able to read the journal at all, which matters more.
+-- forgotten came later still, the same way: an older dh3 keeps listing such an intent as
+-- unanswered, which errs on the safe side. forget() only adds its record: the intent stays in the
+-- file, like any settled chain, until a compaction drops it. A created record that comes after
+-- it all the same (an answer proves the task exists) makes the chain live again.
 --
 -- Replay tolerates a torn tail (a crash in the middle of a write): unreadable bytes after the last
 -- readable record are cut away before anything is appended. A complete record that lost only its
@@ -77,6 +83,7 @@ local VALID = {
   end,
   saving = function(r) return is_string(r.id) end,
   saved = function(r) return is_string(r.id) and (r.paths == nil or type(r.paths) == "table") end,
+  forgotten = function(r) return is_string(r.lid) end,
 }
 
 -- The record on one line, or nil when the line is not one. A well-formed object of a type this
@@ -227,6 +234,9 @@ local function apply(self, r, line)
     e = self._by_task[r.id]
     if not e or not e.saving or e.saved then return end
     update(self, e, line, function(x) x.saved, x.paths = true, r.paths end)
+  elseif r.t == "forgotten" then
+    if not e or e.state ~= "intent" then return end
+    update(self, e, line, function(x) x.state = "forgotten" end)
   end
   -- any other type: a later writer's record, dead weight here
 end
@@ -255,6 +265,18 @@ local function pending_of(self)
     end
   end
   return { tasks = tasks, unanswered = unanswered }
+end
+
+-- saved_tasks()'s table (copies), from the state.
+local function saved_of(self)
+  local list = {}
+  for _, e in ipairs(self._entries) do
+    if e.saved and e.result ~= "fail" and e.task_id then
+      list[#list + 1] = { task_id = e.task_id, local_id = e.lid, input = copy(e.input), paths = copy(e.paths) or {},
+        created_at = e.created_at }
+    end
+  end
+  return list
 end
 
 -- Reads the file's text into the state. Returns the length of its readable part and whether
@@ -329,6 +351,24 @@ function M.read(path)
   local state = pending_of(self)
   state.torn, state.damaged = #data - valid_end, self._damaged
   return state
+end
+
+--- The tasks of the journal at `path` whose images were saved (a saved record), read as M.read()
+-- reads: no lock, nothing changed. Returns {{task_id, local_id, input, paths, created_at}...} in
+-- the order of their creates (`input`: the create's wire body as the intent kept it, nil when
+-- unreadable), or nil, err (kind "journal"). Only what the file still holds: a compaction drops
+-- settled chains, these included.
+function M.saved_tasks(path)
+  check_path(path, "saved_tasks")
+  local file, msg = core.journal(path, "read")
+  if not file then return nil, journal_error(msg) end
+  local data, rerr = file:read()
+  file:close()
+  if not data then return nil, journal_error(rerr) end
+  local self = new_state{}
+  local valid_end, why = replay(self, data)
+  if not valid_end then return nil, journal_error(("the journal %s %s"):format(path, why)) end
+  return saved_of(self)
 end
 
 --- Opens (creating it when absent) and replays the journal at `path`. opts.compact_at: the
@@ -520,6 +560,31 @@ end
 function Journal:pending()
   self:_check("pending")
   return pending_of(self)
+end
+
+--- The tasks whose images were saved, as M.saved_tasks() returns them, from this journal.
+function Journal:saved_tasks()
+  self:_check("saved_tasks")
+  return saved_of(self)
+end
+
+--- A person's word that the create of `local_id`, whose answer never came (an unanswered
+-- intent), needs no more attention: a forgotten record settles it, so pending() no longer lists
+-- it; its intent stays in the file (see the header). true once on the disk, also when it was
+-- forgotten before; nil, err of kind "invalid_request" when the journal has no unanswered create
+-- of that local id (unknown, created, abandoned), or of kind "journal" when the write failed.
+function Journal:forget(local_id)
+  self:_check("forget")
+  if type(local_id) ~= "string" or local_id == "" then error("journal:forget: a local id expected", 2) end
+  local e = self._by_lid[local_id]
+  if e and e.state == "forgotten" then return true end
+  if not e or e.state ~= "intent" then
+    local what = not e and "no create" or e.task_id and "a create that was answered (task " .. e.task_id .. ")"
+      or "a create that certainly made nothing"
+    return nil, errors.new("invalid_request", ("%s has %s of local id %s: only an unanswered create can be "
+      .. "forgotten"):format(self.path, what, errors.sanitize(local_id, 80)))
+  end
+  return self:_write{ t = "forgotten", lid = local_id, at = os.time() }
 end
 
 --- Counts: records (in the file, the header aside), live (of those), damaged (unreadable lines

@@ -12,6 +12,7 @@ local scheduler = require "dh3.scheduler"
 local heap_ = require "dh3.heap"
 local push, pop = heap_.push, heap_.pop
 local task_module = require "dh3.task"
+local retry = require "dh3.retry"
 
 local M = {}
 
@@ -95,7 +96,8 @@ function Group:_news(e)
 end
 
 -- One status read of entry e by the worker holding `token`; e goes back into the heap unless it
--- ended (or `once`).
+-- ended (or `once`). A read that failed for a reason that may pass (see task:wait) is read again
+-- after a back-off, until the deadline.
 function Group:_poll(e, token, once)
   local task = e.task
   e.polling, token.entry = true, e
@@ -105,9 +107,20 @@ function Group:_poll(e, token, once)
   if not state then
     if err.kind == "timeout" and now() >= self.deadline then
       err = errors.new("timeout", "the task did not finish in time; it is still valid", { task_id = task.id })
+    else
+      local again = err.retryable
+      if again == nil then again = retry.read_retryable(err) end
+      if again and now() < self.deadline then
+        e.failures, e.last_err = e.failures + 1, err
+        if once then return end -- a stand-in's read: the task's own entry is still queued
+        local longest = math.max(select(2, self:_interval(task)), err.retry_after or 0)
+        e.at = now() + math.min(retry.backoff(e.failures, self.interval, err.retry_after) or longest, longest)
+        return push(self.heap, e)
+      end
     end
     return self:_finish(e, err)
   end
+  e.failures, e.last_err = 0, false
   if self:_observe(e) or once then return end
   e.at = now() + e.delay
   e.delay = math.min(e.delay * GROWTH, select(2, self:_interval(task)))
@@ -144,8 +157,10 @@ end
 
 function Group:_expire()
   self:_end_all(function(e)
-    return errors.new("timeout", ("the task did not finish within %gs; it is still valid")
-      :format(self.timeout), { task_id = e.task.id })
+    local last = e.last_err
+    return errors.new("timeout", ("the task did not finish within %gs; it is still valid%s"):format(self.timeout,
+      last and (" (its status could not be read: %s: %s)"):format(last.kind, last.message) or ""),
+      { task_id = e.task.id })
   end)
 end
 
@@ -236,7 +251,7 @@ function M.watch(client, tasks, opts, level)
     -- first polls fall at the middles of n equal slices of the interval: in order, evenly
     -- spread, and a lone task is first read half an interval after the watch starts.
     local e = { task = task, index = i, delay = delay, seen = task.state, at = t0 + delay * (i - 0.5) / n,
-      polling = false, finished = false, group = self }
+      polling = false, finished = false, group = self, failures = 0, last_err = false }
     if task:done() then
       self:_finish(e, outcome(task))
     else

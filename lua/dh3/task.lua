@@ -5,6 +5,7 @@ local errors = require "dh3.errors"
 local validate = require "dh3.validate"
 local download = require "dh3.download"
 local output = require "dh3.output"
+local retry = require "dh3.retry"
 local scheduler_cancelled = require("dh3.scheduler").CANCELLED
 
 local M = {}
@@ -176,8 +177,16 @@ local DEFAULT_WAIT = { timeout = 600, interval = 1, max_interval = 10 }
 local CALLBACK_WAIT = { interval = 15, max_interval = 60 }
 local GROWTH = 1.5 -- each unchanged poll waits this much longer, up to max_interval
 
+-- Whether a wait reads the status again after this failed read: a read is safe to repeat, so a
+-- failure that may pass (the network, the service, a rate limit) never ends a wait with time left.
+local function read_again(err)
+  if err.retryable ~= nil then return err.retryable end
+  return retry.read_retryable(err)
+end
+
 --- Polls until the task ends. Returns the task on success; nil, err on fail ("task_failed") or
--- when `timeout` passes ("timeout": the task is still valid and can be waited on again).
+-- when `timeout` passes ("timeout": the task is still valid and can be waited on again). A read
+-- that fails for a reason that may pass is read again after a back-off, until the deadline.
 function Task:wait(opts)
   opts = opts or {}
   validate.check_table("task:wait", opts, WAIT_OPTIONS, 3)
@@ -194,12 +203,16 @@ function Task:wait(opts)
   local scheduler = self.client:_scheduler()
   local token = self:_cancel_token()
   token.cancelled = false
+  local failures, last_err = 0, nil -- status reads failed in a row, and the last one's error
   while true do
     if not self:done() then
       local state, err = self:status(deadline)
-      if not state then
+      if state then
+        failures, last_err = 0, nil
+      else
         if err.kind == "timeout" and core.now() >= deadline then break end
-        return nil, err
+        if not read_again(err) or core.now() >= deadline then return nil, err end
+        failures, last_err = failures + 1, err
       end
     end
     if self.state ~= seen then
@@ -213,15 +226,21 @@ function Task:wait(opts)
     end
     local left = deadline - core.now()
     if left <= 0 then break end
+    local pause = delay
+    if last_err then
+      local longest = math.max(max_interval, last_err.retry_after or 0)
+      pause = math.min(retry.backoff(failures, interval, last_err.retry_after) or longest, longest)
+    end
     token.woken = false
-    if not scheduler:sleep(math.min(delay, left), token) then
+    if not scheduler:sleep(math.min(pause, left), token) then
       return nil, errors.new("cancelled", "the client is closing; the task id is still valid", { task_id = self.id })
     end
     if token.cancelled then return nil, errors.cancelled(self.id) end
     delay = math.min(delay * GROWTH, max_interval)
   end
   return nil, errors.new("timeout", ("the task did not finish within %gs; it is still valid: "
-    .. "wait on it again later"):format(timeout), { task_id = self.id })
+    .. "wait on it again later%s"):format(timeout, last_err and (" (its status could not be read: %s: %s)")
+      :format(last_err.kind, last_err.message) or ""), { task_id = self.id })
 end
 
 local DOWNLOAD_OPTIONS = { timeout = "number", progress = "function" }
@@ -253,7 +272,9 @@ function Task:download(dest, opts)
     ok, err = journal:saving(self.id)
     if not ok then return nil, err end
   end
-  local paths, ferr = self:_fetch(download.plan(self.id, self.images, dest), opts)
+  local planned, perr = download.plan(self.id, self.images, dest)
+  if perr then return nil, perr end
+  local paths, ferr = self:_fetch(planned, opts)
   if paths and journal then
     ok, err = journal:saved(self.id, paths)
     if not ok then -- the images are saved and returned all the same; say that the journal lags

@@ -48,7 +48,8 @@ local INPUT_SCHEMA = {
   output_format = "string", callback_url = "string",
 }
 
---- The caller's task input -> the wire body for create, or nil, err (invalid_request).
+--- The caller's task input -> the wire body for create, or nil, err (invalid_request): what the
+-- service would refuse (its contract, dh3.contract), and a blank prompt, which it would not.
 -- Raises on unknown keys and wrong types, at `level` as seen from task_input.
 function M.task_input(input, level)
   M.check_table("task", input, INPUT_SCHEMA, level + 1)
@@ -73,6 +74,10 @@ function M.task_input(input, level)
   local field, reason = contract.check_input(wire, input.callback_url)
   if field then
     return nil, errors.new("invalid_request", field .. " " .. reason)
+  end
+  -- the service takes any 3 characters, spaces too, and charges for an image of nothing
+  if not wire.prompt:find("%S") then
+    return nil, errors.new("invalid_request", "prompt is blank: it has nothing but whitespace")
   end
   local body = { model = contract.MODEL, nano_banana_pro_input = wire, callback_url = input.callback_url }
   return body

@@ -42,18 +42,42 @@ function M.bar(fraction, width)
   return "[" .. ("="):rep(full) .. head .. (" "):rep(width - full - #head) .. "]"
 end
 
---- `text` cut to at most `columns` characters (UTF-8 code points), ending in "..." when cut.
--- Control characters become spaces: a prompt or a server's message must not move the cursor.
-function M.fit(text, columns)
+-- `text` safe to draw, and its width in characters: control characters become spaces (a prompt
+-- or a server's message must not move the cursor); text that is not UTF-8 is counted in bytes,
+-- those above 127 shown as "?" (never cut inside what a terminal may draw oddly).
+local function drawable(text)
   text = text:gsub("%c", " ")
   local n = utf8.len(text)
-  if not n then -- not UTF-8: count bytes, and never cut inside what a terminal may draw oddly
+  if not n then
     text = text:gsub("[\128-\255]", "?")
     n = #text
   end
+  return text, n
+end
+
+--- The width of `text` on the screen, in characters (as fit counts them).
+function M.width(text)
+  return select(2, drawable(text))
+end
+
+--- `text` cut to at most `columns` characters (UTF-8 code points), ending in "..." when cut.
+-- Control characters become spaces: a prompt or a server's message must not move the cursor.
+function M.fit(text, columns)
+  local n
+  text, n = drawable(text)
   if n <= columns then return text end
   if columns <= 3 then return ("."):rep(math.max(columns, 0)) end
   return text:sub(1, utf8.offset(text, columns - 3 + 1) - 1) .. "..."
+end
+
+--- As fit, but keeping the end of `text` and starting with "..." when cut: for a path, whose
+-- file name is what tells one from another.
+function M.fit_end(text, columns)
+  local n
+  text, n = drawable(text)
+  if n <= columns then return text end
+  if columns <= 3 then return ("."):rep(math.max(columns, 0)) end
+  return "..." .. text:sub(utf8.offset(text, n - (columns - 3) + 1))
 end
 
 return M

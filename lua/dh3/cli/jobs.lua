@@ -4,15 +4,17 @@
 -- exit code (dh3.cli.exitcode).
 local core = require "dh3.core"
 local exitcode = require "dh3.cli.exitcode"
+local format = require "dh3.cli.format"
 
 local M = {}
 
 local Job = {}
 Job.__index = Job
 
---- A job from a prompt (`input` is the task input), from a task id, or from a task (`task`, one
--- of client:pending(), with its `prompt` when the journal knows it); `index` is its position on
--- the command line (or in the journal's pending list).
+--- A job from a prompt (`input` is the task input; `where` says where the prompt came from, as
+-- "prompt 2" or "--prompts FILE line 5", and `line` its line in that file), from a task id, or
+-- from a task (`task`, one of client:pending(), with its `prompt` when the journal knows it);
+-- `index` is its position on the command line (or in the journal's pending list).
 function M.new(index, fields)
   local job = setmetatable({ index = index, phase = "waiting" }, Job)
   for k, v in pairs(fields) do job[k] = v end
@@ -25,6 +27,45 @@ function Job:elapsed(at)
   return (self.ended or at or core.now()) - self.started
 end
 
+local PROMPT_SHOWN = 40 -- characters of a prompt in an error line: enough to recognise it
+
+--- The stderr line for `err`, of `job` when given. The error of a prompt that has no task (refused
+-- before sending, or a create that failed) names the prompt, by its place and its first words:
+-- there is no task id to tell which one it was.
+function M.error_line(err, job)
+  local line = tostring(err)
+  if job and job.where and not (job.task and job.task.id) then
+    line = ('dh3: %s "%s": %s'):format(job.where, format.fit(job.prompt or "", PROMPT_SHOWN), (line:gsub("^dh3: ", "")))
+  end
+  return line
+end
+
+--- What became of a job, in a word: saved, succeeded (waited on, nothing to save), created
+-- (--no-wait), read (status), failed (the service ended it in fail), timeout, not_created (its
+-- create failed, or was refused), stopped (Ctrl-C), error (anything else: a failed read or save).
+function M.outcome(job)
+  if job.phase == "saved" then return "saved" end
+  if job.code == exitcode.OK then
+    return job.status_only and "read" or job.phase == "created" and "created" or "succeeded"
+  end
+  if job.input and not job.task then return "not_created" end
+  if job.phase == "failed" or job.phase == "timeout" or job.phase == "stopped" then return job.phase end
+  return "error"
+end
+
+M.OUTCOMES = { "saved", "succeeded", "created", "read", "failed", "timeout", "not_created", "stopped", "error" }
+
+--- How many jobs came to each outcome: {tasks = #jobs, saved = n, ...} (every outcome, 0 too).
+function M.tally(jobs)
+  local counts = { tasks = #jobs }
+  for _, name in ipairs(M.OUTCOMES) do counts[name] = 0 end
+  for _, job in ipairs(jobs) do
+    local name = M.outcome(job)
+    counts[name] = counts[name] + 1
+  end
+  return counts
+end
+
 local function fail(job, reporter, err, plan)
   job.err = err
   if plan.stopping and err.kind == "cancelled" then
@@ -35,6 +76,18 @@ local function fail(job, reporter, err, plan)
   job.code = exitcode.for_error(err)
   job.phase = err.kind == "task_failed" and "failed" or err.kind == "timeout" and "timeout" or "error"
   reporter:error(err, job)
+end
+
+--- The client's on_request hook for a run: each status read of a job's task sets the job's
+-- `read_error` to the kind of its failure, or clears it, so that a row can say that reads are
+-- failing and being tried again (a wait goes on through an outage until its deadline).
+-- `by_task`: {[task id] = job}, filled as the jobs' tasks become known.
+function M.read_watcher(by_task)
+  return function(info)
+    if info.method ~= "GET" or not info.task_id then return end
+    local job = by_task[info.task_id]
+    if job then job.read_error = info.error end
+  end
 end
 
 -- Saves the images of a successful task where `plan.dest(task)` says.
@@ -64,6 +117,7 @@ local function run_job(client, job, plan, reporter)
     task, err = client:create(job.input)
     if not task then return fail(job, reporter, err, plan) end
     job.task, job.phase = task, task.state
+    if plan.by_task then plan.by_task[task.id] = job end
     -- with a journal, pending until its images are saved: a crash before then leaves it to resume
     if plan.dest and not plan.no_wait then task:_expect_download() end
     reporter:created(job)
@@ -74,6 +128,7 @@ local function run_job(client, job, plan, reporter)
   else
     task = job.task or client:task(job.id) -- a task of the journal (dh3 resume) comes ready
     job.task = task
+    if plan.by_task then plan.by_task[task.id] = job end
   end
   if plan.status_only then
     job.phase = "reading"
@@ -99,6 +154,7 @@ end
 --- Runs every job concurrently on `client` and returns the worst exit code, or nil when
 -- plan.interrupted() said to stop (the jobs are then left as they are: see cli.lua).
 -- plan: no_wait, status_only, timeout, dest (function(task) -> path; nil: do not download),
+-- by_task (a table the jobs enter themselves in by task id, for M.read_watcher),
 -- summary (function(task) -> text, for status), interrupted (function() -> true to stop),
 -- stopping (set by the caller once it stops: cancelled jobs are then not reported one by one).
 -- The reporter gets start(jobs), created/state/progress/saved/error(err, job)/finished(job),

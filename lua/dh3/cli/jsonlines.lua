@@ -4,6 +4,7 @@
 -- to inputs. Errors are also written to stderr, one line each, for the person behind the script.
 local core = require "dh3.core"
 local pending = require "dh3.cli.pending"
+local jobs = require "dh3.cli.jobs"
 
 local M = {}
 
@@ -55,11 +56,24 @@ end
 --- An error, of a task (job) or of the whole run.
 function Lines:error(err, job)
   self:emit("error", {
-    index = job and job.index, task_id = err.task_id or (job and job.task and job.task.id),
+    index = job and job.index, line = job and job.line, task_id = err.task_id or (job and job.task and job.task.id),
     kind = err.kind, message = err.message, http_status = err.http_status, code = err.code,
     maybe_created = err.maybe_created,
   })
-  self.err:write(tostring(err), "\n")
+  self.err:write(jobs.error_line(err, job), "\n")
+end
+
+--- Prompts not created again: the journal has their images saved (`list`: {index, line, prompt,
+-- task_id, paths}...). One event each.
+function Lines:skipped(list)
+  for _, s in ipairs(list) do
+    self:emit("skipped", { index = s.index, line = s.line, prompt = s.prompt, task_id = s.task_id, paths = s.paths })
+  end
+end
+
+--- The run's end: how many tasks came to each outcome (dh3.cli.jobs.tally, plus skipped).
+function Lines:summary(counts)
+  self:emit("summary", counts)
 end
 
 --- A create of the journal whose answer never came (dh3 resume): an event, and the line on stderr.

@@ -71,6 +71,51 @@ function M.unanswered_fields(u)
   return { local_id = u.local_id, prompt = M.prompt(u.input), at = u.at }
 end
 
+-- {======================================================================
+-- Reruns: the prompts a journal already saved
+-- ======================================================================
+
+-- One string for a create's wire body, the same for equal bodies whatever their tables' order.
+local function canonical(v)
+  if type(v) ~= "table" then return type(v) .. ":" .. tostring(v) end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  local parts = {}
+  for i, k in ipairs(keys) do parts[i] = tostring(k) .. "=" .. canonical(v[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+--- For a rerun of `dh3 generate` with the journal at `path`: a function (body) -> the saved task
+-- {task_id, paths, input} that a create of that wire body already made, or nil. A task is taken
+-- when the journal has its images saved (dh3.journal.saved_tasks) and every one of those files
+-- is still there; each is taken once, so a prompt given twice skips only as often as it was saved.
+-- Read without the lock; a journal that cannot be read (none yet) skips nothing.
+function M.saved_matcher(path)
+  local by_body = {}
+  for _, t in ipairs(journal.saved_tasks(path) or {}) do
+    local whole = #t.paths > 0
+    for _, p in ipairs(t.paths) do whole = whole and exists(p) end
+    if whole and t.input then
+      local key = canonical(t.input)
+      local list = by_body[key] or {}
+      list[#list + 1] = t
+      by_body[key] = list
+    end
+  end
+  return function(body)
+    local list = by_body[canonical(body)]
+    return list and table.remove(list, 1) or nil
+  end
+end
+-- }======================================================================
+
 --- `dh3 pending` as JSON lines on `lines` (a dh3.cli.jsonlines): one "pending" event per task
 -- created but not seen to finish, or finished with its images not saved yet (then with
 -- "state":"success"), one "unanswered" event per create whose answer never came.

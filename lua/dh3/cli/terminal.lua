@@ -1,10 +1,15 @@
 -- The live display on a terminal: one row per task still running (its id, state, elapsed time,
 -- and its prompt, or a progress bar with size and speed while downloading), redrawn in place
--- several times a second. A task that ends leaves its final row above the live ones, so the
--- scrollback keeps every outcome; errors go to stderr, above the live rows too.
+-- several times a second. A task that ends leaves its final row above the live ones (its prompt
+-- and where its images were saved, on a second line when they do not fit in one: a path cut
+-- keeps its end), so the scrollback keeps every outcome; a run of several ends with a summary
+-- line. Below M.WIDE columns, rows show the start of task ids only. Every error goes to stderr,
+-- above the live rows too: a task's under its final row, any other (a prompt refused before the
+-- run started) at once.
 local core = require "dh3.core"
 local format = require "dh3.cli.format"
 local pending = require "dh3.cli.pending"
+local jobs_mod = require "dh3.cli.jobs"
 
 local M = {}
 
@@ -43,12 +48,23 @@ function M.new(opts)
     out = opts.out or io.stdout, err = opts.err or io.stderr,
     columns = columns, lines = lines, now = opts.now or core.now,
     live = {},      -- jobs still running, in command-line order
+    showing = {},   -- [job] = true while it has a live row
     drawn = 0,      -- live lines on the screen, just above the cursor
     errors = {},    -- [job] = err, printed under the job's final row
   }, Terminal)
 end
 
-local function detail(self, job)
+-- Below this many columns a row shows the first characters of a task id only, leaving room for
+-- the prompt and the path (every error line and the JSON lines carry whole ids).
+M.WIDE = 100
+local SHORT_ID = 8
+
+-- Where a saved job's images went: the paths, and their size.
+local function saved_where(job)
+  return table.concat(job.paths, " ") .. "  (" .. format.bytes(job.saved_bytes or 0) .. ")"
+end
+
+local function detail(self, job, room)
   if job.phase == "downloading" and job.total and job.total > 0 then
     local took = self.now() - job.download_started
     local speed = took > 0.05 and (format.bytes(job.bytes / took) .. "/s") or ""
@@ -56,19 +72,48 @@ local function detail(self, job)
       format.bytes(job.bytes), format.bytes(job.total), speed)
   end
   if job.paths and #job.paths > 0 then
-    return table.concat(job.paths, " ") .. "  (" .. format.bytes(job.saved_bytes) .. ")"
+    -- its prompt and where it went, when both fit; else the prompt, and final_rows says where
+    local where = saved_where(job)
+    if not job.prompt then return format.fit_end(where, room) end
+    local both = job.prompt .. " -> " .. where
+    if format.width(both) <= room then return both end
+    return job.prompt
   end
   if job.summary then return job.summary end
+  if job.read_error and not job.ended then
+    -- a wait goes on through failed reads until --timeout: say so, or the row looks stuck
+    return ("reads failing (%s), trying again  %s"):format(job.read_error, job.prompt or "")
+  end
   return job.prompt or ""
+end
+
+-- The start of a row: the task's id, its state and elapsed time; and the room left after it.
+function Terminal:_head(job)
+  local id = job.task and job.task.id or job.id or "(creating)"
+  local wide = self.columns >= M.WIDE
+  if not wide and #id > SHORT_ID + 2 and id ~= "(creating)" then id = id:sub(1, SHORT_ID) .. ".." end
+  local elapsed = job.status_only and "" or format.duration(job:elapsed(self.now()))
+  local head = (wide and "%-32s  %-11s %6s  " or "%-10s  %-11s %6s  "):format(id, job.phase, elapsed)
+  return head, self.columns - 1 - format.width(head)
 end
 
 -- One row, cut to the screen's width so that it never wraps (a wrapped row would break the
 -- cursor arithmetic of the redraw).
 function Terminal:row(job)
-  local id = job.task and job.task.id or job.id or "(creating)"
-  local elapsed = job.status_only and "" or format.duration(job:elapsed(self.now()))
-  return format.fit(("%-32s  %-11s %6s  %s"):format(id, job.phase, elapsed, detail(self, job)),
-    self.columns - 1)
+  local head, room = self:_head(job)
+  return format.fit(head .. detail(self, job, room), self.columns - 1)
+end
+
+--- The lines a job that ended leaves on the screen: its row; for a saved job whose prompt and
+-- path do not fit in it, a second line with where its images went, cut at its start when even
+-- a line is too short (the file's name, at the end, is what tells one from another).
+function Terminal:final_rows(job)
+  local row = self:row(job)
+  if not (job.paths and #job.paths > 0 and job.prompt) then return { row } end
+  local _, room = self:_head(job)
+  local where = saved_where(job)
+  if format.width(job.prompt .. " -> " .. where) <= room then return { row } end
+  return { row, "    -> " .. format.fit_end(where, self.columns - 1 - 7) }
 end
 
 -- Rewrites the screen from the first live line: `above` lines become permanent, then the live
@@ -107,7 +152,10 @@ function Terminal:_to_stderr(line)
 end
 
 function Terminal:start(jobs)
-  for _, job in ipairs(jobs) do self.live[#self.live + 1] = job end
+  for _, job in ipairs(jobs) do
+    self.live[#self.live + 1] = job
+    self.showing[job] = true
+  end
   self:draw()
 end
 
@@ -123,13 +171,42 @@ function Terminal:tick()
   if #self.live > 0 then self:draw() end
 end
 
---- An error of `job` is shown under its final row; any other at once.
+--- An error of a `job` that has a row is shown under its final row; any other at once (a job
+-- without a row: a prompt refused before the run started).
 function Terminal:error(err, job)
-  if job then
+  if job and self.showing[job] then
     self.errors[job] = err
   else
-    self:_to_stderr(tostring(err))
+    self:_to_stderr(jobs_mod.error_line(err, job))
   end
+end
+
+--- Prompts not created again, for the journal has their images saved: one line says how many.
+function Terminal:skipped(list, journal)
+  if #list == 0 then return end
+  self:draw{ format.fit(("Skipped %d %s whose images the journal %s has saved (--again creates %s "
+    .. "anew)."):format(#list, #list == 1 and "prompt" or "prompts", journal or "", #list == 1 and "it" or "them"),
+    self.columns - 1) }
+end
+
+local SUMMARY_WORDS = {
+  { "skipped", "skipped (saved before)" }, { "saved", "saved" }, { "succeeded", "succeeded" },
+  { "created", "created" }, { "read", "read" }, { "failed", "failed" },
+  { "timeout", "timed out (dh3 wait ID)" }, { "not_created", "not created" }, { "stopped", "stopped" },
+  { "error", "ended in an error" },
+}
+
+--- The run's end, when it had more than one prompt or task: one line, "5 tasks: 3 saved, ...".
+function Terminal:summary(counts)
+  local total = counts.tasks + (counts.skipped or 0)
+  if total < 2 then return end
+  local parts = {}
+  for _, w in ipairs(SUMMARY_WORDS) do
+    local n = counts[w[1]] or 0
+    if n > 0 then parts[#parts + 1] = ("%d %s"):format(n, w[2]) end
+  end
+  self:draw{ format.fit(("%d %s: %s"):format(total, counts.skipped and counts.skipped > 0 and "prompts" or "tasks",
+    table.concat(parts, ", ")), self.columns - 1) }
 end
 
 --- A create of the journal whose answer never came (dh3 resume): a line on stderr.
@@ -144,20 +221,27 @@ function Terminal:finished(job)
       break
     end
   end
-  self:draw{ self:row(job) }
+  self.showing[job] = nil
+  self:draw(self:final_rows(job))
   local err = self.errors[job]
   if err then
     self.errors[job] = nil
-    self:_to_stderr(tostring(err))
+    self:_to_stderr(jobs_mod.error_line(err, job))
   end
 end
 
---- Leaves the rows of jobs still running (after Ctrl-C) on the screen as they are; idempotent.
+--- Leaves the rows of jobs still running (after Ctrl-C) on the screen as they are, and the
+-- errors they hold under them; idempotent.
 function Terminal:close()
-  local rows = {}
-  for i, job in ipairs(self.live) do rows[i] = self:row(job) end
+  local rows, held = {}, {}
+  for i, job in ipairs(self.live) do
+    rows[i] = self:row(job)
+    if self.errors[job] then held[#held + 1] = jobs_mod.error_line(self.errors[job], job) end
+    self.errors[job], self.showing[job] = nil, nil
+  end
   self.live = {}
   self:draw(rows)
+  for _, line in ipairs(held) do self:_to_stderr(line) end
 end
 
 return M
