@@ -1,6 +1,7 @@
-# dh3: Lua 5.4 client for the DH3 image-generation API.
+# dh3: Lua client for the DH3 image-generation API (Lua 5.1 to 5.4, LuaJIT 2.1).
 #   make          build dh3/core.so (installs missing Debian packages first)
 #   make test     run every busted spec against this tree's build
+#   make LUA=luajit [test]   the same for another Lua: lua5.1, lua5.2, lua5.3, luajit (see below)
 #   make demo     generate a real image end to end against a local dh3-emulator
 #   make asan     the spec suite under AddressSanitizer + UBSan
 #   make valgrind the spec suite under valgrind memcheck
@@ -9,8 +10,26 @@
 #   make env      shell exports to use this tree from anywhere: eval "$(make -s env)"
 # Every path and tool is an overridable variable.
 
+# The Lua to build for and test under: lua5.4 (the default), lua5.3, lua5.2, lua5.1 or luajit,
+# by name or path. Its pkg-config name is its name. Each builds in a place of its own, so the
+# builds for several Luas stay side by side:
+#   lua5.4   objects in build/,           the module dh3/core.so (what bin/, make env, the
+#                                          examples and the benchmarks use)
+#   others   objects in build/LUA/obj/,   the module build/LUA/dh3/core.so
+# `make test LUA=...` runs busted under that Lua against that module (DH3_SPEC_CPATH, read by
+# spec/helpers/preload.lua, says where it is; busted's --ignore-lua keeps .busted's lua5.4 out).
 LUA          ?= lua5.4
-LUA_PC       ?= lua5.4
+LUA_NAME     ?= $(notdir $(LUA))
+LUA_PC       ?= $(LUA_NAME)
+# the Lua version its C modules are built for (LuaJIT: 5.1), as luarocks --lua-version says it
+LUA_ABI      ?= $(patsubst lua%,%,$(subst luajit,5.1,$(LUA_NAME)))
+ifeq ($(LUA_NAME),lua5.4)
+LUA_BUILD    ?= build
+CORE_DIR     ?= .
+else
+LUA_BUILD    ?= build/$(LUA_NAME)/obj
+CORE_DIR     ?= build/$(LUA_NAME)
+endif
 PKG_CONFIG   ?= pkg-config
 CC           ?= cc
 BUSTED       ?= /usr/bin/busted
@@ -28,22 +47,30 @@ DH3_SPEC_GC  ?=
 BUSTED_ARGS  ?=
 
 # Debian packages the project needs: to build, to test, and for the emulator and the command line.
+# Every Lua the core builds for comes with its headers (make LUA=..., and the rockspec spec
+# installs the rock for 5.1 and loads it in LuaJIT); Debian's lua-cjson, lua-socket and
+# lua-busted serve all of them.
+LUAS_DEB_PACKAGES ?= lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
+                     luajit libluajit-5.1-dev
 DEB_PACKAGES ?= lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket lua-zlib \
-                lua-argparse luarocks pkg-config gcc make tmux lua-sec openssl
+                lua-argparse luarocks pkg-config gcc make tmux lua-sec openssl $(LUAS_DEB_PACKAGES)
 DEPS_STAMP   ?= .deps-ok
 
 SRCS    = $(wildcard src/*.c)
 HEADERS = $(wildcard src/*.h)
-OBJDIR  ?= build
+OBJDIR  ?= $(LUA_BUILD)
 OBJS    = $(SRCS:src/%.c=$(OBJDIR)/%.o)
-CORE    = dh3/core.so
+CORE    = $(CORE_DIR)/dh3/core.so
+# what `make test` and friends give the specs: where this Lua's dh3.core is
+SPEC_ENV ?= DH3_SPEC_CPATH='$(CORE_DIR)/?.so'
 
 .PHONY: all deps test demo asan valgrind bench clean rock fuzz
 
 all: $(DEPS_STAMP) $(CORE)
 
-# Installs what is missing (as root), or says the exact apt-get line and stops.
-$(DEPS_STAMP):
+# Installs what is missing (as root), or says the exact apt-get line and stops. Checked again
+# whenever the Makefile changes (a package added to the lists).
+$(DEPS_STAMP): Makefile
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
@@ -65,39 +92,47 @@ $(OBJDIR)/%.o: src/%.c $(HEADERS) | $(DEPS_STAMP)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(CORE): $(OBJS)
-	@mkdir -p dh3
+	@mkdir -p $(@D)
 	$(CC) -shared $(LDFLAGS) -o $@ $(OBJS) $(CURL_LIBS)
 
 test: all
-	$(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS)
+	$(SPEC_ENV) $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS)
 
 demo: all
 	$(LUA) examples/demo.lua
 
 # Prints the shell lines that make `lua5.4 my_script.lua` find this tree's dh3 (and the dh3 and
-# dh3-emulator commands on PATH), from any folder: eval "$(make -s env)". The tree goes in
-# front of whatever the variables hold, or of Lua's defaults (";;"). Lua 5.4 reads the _5_4
-# variables first; LUA_ENV_SUFFIX= (empty) for Lua 5.1 and LuaJIT, which read plain LUA_PATH.
-LUA_ENV_SUFFIX ?= _5_4
+# dh3-emulator commands on PATH), from any folder: eval "$(make -s env)"; `make -s env LUA=...`
+# for another Lua's build. The tree goes in front of whatever the variables hold, or of Lua's
+# defaults (";;"). Lua 5.2 to 5.4 read their _5_N variables first; 5.1 and LuaJIT read plain
+# LUA_PATH (LUA_ENV_SUFFIX empty).
+LUA_ENV_SUFFIX ?= $(if $(filter 5.1,$(LUA_ABI)),,_$(subst .,_,$(LUA_ABI)))
+ENV_CPATH      ?= $(if $(filter .,$(CORE_DIR)),$(CURDIR),$(CURDIR)/$(CORE_DIR))/?.so
 .PHONY: env
 env:
-	@test -f $(CORE) || echo "dh3: $(CORE) is not built yet: run make first" >&2
+	@test -f $(CORE) || echo "dh3: $(CORE) is not built yet: run make$(if $(filter lua5.4,$(LUA_NAME)),, LUA=$(LUA)) first" >&2
 	@echo 'export LUA_PATH$(LUA_ENV_SUFFIX)='\''$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;'\''"$${LUA_PATH$(LUA_ENV_SUFFIX):-;}"'
-	@echo 'export LUA_CPATH$(LUA_ENV_SUFFIX)='\''$(CURDIR)/?.so;'\''"$${LUA_CPATH$(LUA_ENV_SUFFIX):-;}"'
+	@echo 'export LUA_CPATH$(LUA_ENV_SUFFIX)='\''$(ENV_CPATH);'\''"$${LUA_CPATH$(LUA_ENV_SUFFIX):-;}"'
 	@echo 'export PATH='\''$(CURDIR)/bin:'\''"$$PATH"'
 
-# Sanitizers: a separate build, loaded into a plain lua5.4 with the ASan runtime preloaded.
+# Sanitizers: a separate build (objects in ASAN_OBJDIR), loaded into the plain interpreter with
+# the ASan runtime preloaded; it takes the place of this Lua's module for the run.
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ifeq ($(LUA_NAME),lua5.4)
+ASAN_OBJDIR ?= build-asan
+else
+ASAN_OBJDIR ?= build-asan/$(LUA_NAME)
+endif
 asan: $(DEPS_STAMP)
 	$(MAKE) --no-print-directory clean-core
-	$(MAKE) --no-print-directory $(CORE) OBJDIR=build-asan CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined"
+	$(MAKE) --no-print-directory $(CORE) OBJDIR=$(ASAN_OBJDIR) CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined"
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 DH3_SPEC_GC=$(DH3_SPEC_GC) \
-	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS); rc=$$?; $(MAKE) --no-print-directory clean-core; exit $$rc
+	  $(SPEC_ENV) $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS); rc=$$?; $(MAKE) --no-print-directory clean-core; exit $$rc
 
 valgrind: all
-	DH3_SPEC_GC=$(DH3_SPEC_GC) valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	DH3_SPEC_GC=$(DH3_SPEC_GC) $(SPEC_ENV) valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	  --suppressions=spec/valgrind.supp --trace-children=no \
 	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS)
 
@@ -126,9 +161,11 @@ FUZZ_MAX_LEN    ?= 20000
 FUZZ_MERGE      ?= 0
 FUZZ_ARGS       ?=
 FUZZ_SANITIZE   ?= -fsanitize=address,undefined -fno-sanitize-recover=undefined
+# the harnesses embed Lua 5.4 (fuzz/common.c), whatever LUA says
+FUZZ_LUA_PC     ?= lua5.4
 FUZZ_CFLAGS     ?= $(WARN) -O1 -g -fno-omit-frame-pointer $(FUZZ_SANITIZE) -fsanitize=fuzzer-no-link \
-                   $(LUA_CFLAGS) $(CURL_CFLAGS)
-FUZZ_LUA_LIBS   ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null)
+                   $(shell $(PKG_CONFIG) --cflags $(FUZZ_LUA_PC) 2>/dev/null) $(CURL_CFLAGS)
+FUZZ_LUA_LIBS   ?= $(shell $(PKG_CONFIG) --libs $(FUZZ_LUA_PC) 2>/dev/null)
 FUZZ_LUA_CPATH  ?= /usr/lib/$(shell $(CC) -print-multiarch 2>/dev/null)/lua/5.4/?.so
 FUZZ_ENV        ?= ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 FUZZ_OBJS        = $(SRCS:src/%.c=$(FUZZ_DIR)/src/%.o) $(FUZZ_DIR)/fuzz/common.o
@@ -169,10 +206,11 @@ $(FUZZ_BINS): $(FUZZ_DIR)/%: $(FUZZ_DIR)/fuzz/%.o $(FUZZ_OBJS)
 	$(FUZZ_CC) $(FUZZ_SANITIZE) -fsanitize=fuzzer -o $@ $^ $(FUZZ_LUA_LIBS) $(CURL_LIBS)
 
 rock: all
-	$(LUAROCKS) --lua-version=5.4 make --deps-mode=none rockspec/dh3-scm-1.rockspec
+	$(LUAROCKS) --lua-version=$(LUA_ABI) make --deps-mode=none rockspec/dh3-scm-1.rockspec
 
 clean-core:
 	rm -f $(CORE)
 
+# every Lua's build
 clean:
-	rm -rf $(OBJDIR) build-asan dh3 $(DEPS_STAMP)
+	rm -rf $(OBJDIR) build build-asan dh3 $(DEPS_STAMP)

@@ -100,7 +100,8 @@ void dh3_fuzz_check(lua_State *L, const char *name, int nargs) {
   int base = lua_gettop(L) - nargs; /* the function and the handler go below the args */
   lua_pushcfunction(L, dh3_fuzz_traceback);
   lua_rawgeti(L, LUA_REGISTRYINDEX, dh3_fuzz_checks_ref);
-  if (lua_getfield(L, -1, name) != LUA_TFUNCTION) dh3_fuzz_fail("no such check in checks.lua");
+  lua_getfield(L, -1, name); /* its value unused, as everywhere (src/compat.h) */
+  if (lua_type(L, -1) != LUA_TFUNCTION) dh3_fuzz_fail("no such check in checks.lua");
   lua_remove(L, -2);
   lua_rotate(L, base + 1, 2); /* handler, check, args... */
   dh3_fuzz_prev_line = 0;

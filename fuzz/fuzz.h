@@ -7,6 +7,8 @@
 ** anywhere in that call (a parser that raised instead of returning nil, err, or a broken
 ** invariant) is reported and abort()s, which libFuzzer records as a crash. The stack is
 ** emptied after each input, so nothing accumulates but garbage the collector takes.
+** The harnesses embed Lua 5.4 (the Makefile's FUZZ_LUA_PC), whatever Lua the core is built
+** for otherwise: they use its API directly (lua_rotate, lua_gc's 5.4 form).
 */
 #ifndef DH3_FUZZ_H
 #define DH3_FUZZ_H

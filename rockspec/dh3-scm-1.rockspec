@@ -5,7 +5,7 @@ source = {
   url = "git+https://github.com/dh3-lua/dh3.git",
 }
 description = {
-  summary = "Lua 5.4 client for the DH3 image-generation API, on libcurl",
+  summary = "Lua client for the DH3 image-generation API, on libcurl (Lua 5.1 to 5.4, LuaJIT 2.1)",
   detailed = [[
     dh3 creates image-generation tasks, waits on them without blocking a frame loop, and
     downloads the results atomically. A C core drives libcurl's multi interface; a local
@@ -14,7 +14,8 @@ description = {
   license = "MIT",
 }
 dependencies = {
-  "lua >= 5.4, < 5.5",
+  -- the C core builds for each (src/compat.h); LuaJIT installs with --lua-version=5.1
+  "lua >= 5.1, < 5.5",
   "lua-cjson",
 }
 external_dependencies = {

@@ -25,6 +25,8 @@
 **                rewrite, reading without a lock            calls nothing of ours
 **   fs.c         core.mkdir                                 calls nothing of ours
 **   interrupt.c  core.trap_interrupt, core.interrupted      calls nothing of ours
+**   compat.h     the 5.4 API the core uses, on 5.1, 5.2, 5.3 and LuaJIT too, and the
+**                rules the code keeps so that it builds and behaves the same on each
 **
 ** Below, each file's interface is in a section of its own. Only luaopen_dh3_core is
 ** exported; everything here has hidden visibility.
@@ -45,6 +47,8 @@
 
 #include "lua.h"
 #include "lauxlib.h"
+
+#include "compat.h" /* every difference between the Luas we build for (5.1 to 5.4, LuaJIT) */
 
 #define DH3_VERSION "0.1.0"
 #define DH3_ENGINE_MT "dh3.engine"

@@ -275,9 +275,11 @@ static lua_Integer dh3_engine_opt_integer(lua_State *L, const char *name, lua_In
     return def;
   }
   v = lua_tointegerx(L, -1, &isint);
-  if (lua_type(L, -1) != LUA_TNUMBER || !isint || v < min || v > max)
-    luaL_argerror(L, 1, lua_pushfstring(L, "field '%s' must be an integer from %I to %I",
-                                        name, min, max));
+  if (lua_type(L, -1) != LUA_TNUMBER || !isint || v < min || v > max) {
+    char lo[DH3_INTEGER_BUFSIZE], hi[DH3_INTEGER_BUFSIZE];
+    luaL_argerror(L, 1, lua_pushfstring(L, "field '%s' must be an integer from %s to %s", name,
+                                        dh3_compat_fmtint(lo, min), dh3_compat_fmtint(hi, max)));
+  }
   lua_pop(L, 1);
   return v;
 }
@@ -439,7 +441,9 @@ static void dh3_engine_report_ready(lua_State *L, int idx, const struct curl_wai
   }
   /* clear what an earlier call left past the new end */
   for (;;) {
-    int present = lua_rawgeti(L, idx, k + 1) != LUA_TNIL;
+    int present;
+    lua_rawgeti(L, idx, k + 1);
+    present = !lua_isnil(L, -1);
     lua_pop(L, 1);
     if (!present) break;
     lua_pushnil(L);

@@ -12,7 +12,9 @@
 **
 ** Works with Debian's lua-cjson 2.1.0 and with the luarocks (openresty) fork, which is
 ** detected by its decode_array_with_array_mt: with either, integers come back as Lua
-** integers and null as nil, because the result is walked here after decoding.
+** integers and null as nil, because the result is walked here after decoding. Below Lua
+** 5.3 there are no integers to come back as: numbers stay doubles (compat.h), and the walk
+** only turns cjson.null into nil. Debian builds its lua-cjson for each Lua it ships.
 */
 #include "dh3.h"
 
@@ -25,7 +27,8 @@
 /* Calls instance[name](arg) when the instance has that setting; quietly skips it
    otherwise, so that either fork (or a future version) loads. */
 static void dh3_json_configure(lua_State *L, int inst, const char *name, int isbool, int value) {
-  if (lua_getfield(L, inst, name) != LUA_TFUNCTION) {
+  lua_getfield(L, inst, name);
+  if (lua_type(L, -1) != LUA_TFUNCTION) {
     lua_pop(L, 1);
     return;
   }
@@ -44,8 +47,8 @@ static int dh3_json_setup(lua_State *L) {
   lua_pushliteral(L, "cjson");
   lua_call(L, 1, 1);
   if (!lua_istable(L, -1)) return luaL_error(L, "require 'cjson' did not return a table");
-  if (lua_getfield(L, -1, "new") != LUA_TFUNCTION)
-    return luaL_error(L, "this lua-cjson has no cjson.new()");
+  lua_getfield(L, -1, "new");
+  if (lua_type(L, -1) != LUA_TFUNCTION) return luaL_error(L, "this lua-cjson has no cjson.new()");
   lua_call(L, 0, 1);
   if (!lua_istable(L, -1)) return luaL_error(L, "cjson.new() did not return a table");
   inst = lua_gettop(L);
@@ -57,10 +60,10 @@ static int dh3_json_setup(lua_State *L) {
   dh3_json_configure(L, inst, "encode_invalid_numbers", 1, 0);
   /* the luarocks fork: plain tables out of the decoder, as with 2.1.0 */
   dh3_json_configure(L, inst, "decode_array_with_array_mt", 1, 0);
-  if (lua_getfield(L, inst, "decode") != LUA_TFUNCTION)
-    return luaL_error(L, "cjson instance has no decode");
-  if (lua_getfield(L, inst, "encode") != LUA_TFUNCTION)
-    return luaL_error(L, "cjson instance has no encode");
+  lua_getfield(L, inst, "decode");
+  if (lua_type(L, -1) != LUA_TFUNCTION) return luaL_error(L, "cjson instance has no decode");
+  lua_getfield(L, inst, "encode");
+  if (lua_type(L, -1) != LUA_TFUNCTION) return luaL_error(L, "cjson instance has no encode");
   lua_pop(L, 2);
   lua_getfield(L, inst, "null"); /* instance, null */
   return 2;
@@ -137,9 +140,11 @@ static int dh3_json_decode(lua_State *L) {
   luaL_argcheck(L, max >= 0, 2, "max_bytes must not be negative");
   dh3_json_push_function(L, "decode");
   /* before decoding: cjson exits the process when it runs out of memory */
-  if ((lua_Unsigned)len > (lua_Unsigned)max) {
+  if ((uintmax_t)len > (uintmax_t)max) {
+    char n1[DH3_INTEGER_BUFSIZE], n2[DH3_INTEGER_BUFSIZE];
     lua_pushnil(L);
-    lua_pushfstring(L, "JSON text too large (%I bytes, limit %I)", (lua_Integer)len, max);
+    lua_pushfstring(L, "JSON text too large (%s bytes, limit %s)",
+                    dh3_compat_fmtint(n1, (lua_Integer)len), dh3_compat_fmtint(n2, max));
     return 2;
   }
   /* cjson stops at a NUL byte and ignores the rest */

@@ -115,7 +115,8 @@ static int dh3_request_bad(lua_State *L, const char *fmt, ...) {
 /* Pushes opts[name] (raw: no metamethod runs) and returns its type. */
 static int dh3_request_field(lua_State *L, const char *name) {
   lua_pushstring(L, name);
-  return lua_rawget(L, 2);
+  lua_rawget(L, 2);
+  return lua_type(L, -1);
 }
 
 /* The same, counting a field that is set in o->given. */
@@ -180,8 +181,11 @@ static lua_Integer dh3_request_opt_integer(lua_State *L, dh3_request_opts *o, co
     return def;
   }
   v = lua_tointegerx(L, -1, &isint);
-  if (t != LUA_TNUMBER || !isint || v < min || v > max)
-    dh3_request_bad(L, "field '%s' must be an integer from %I to %I", name, min, max);
+  if (t != LUA_TNUMBER || !isint || v < min || v > max) {
+    char lo[DH3_INTEGER_BUFSIZE], hi[DH3_INTEGER_BUFSIZE];
+    dh3_request_bad(L, "field '%s' must be an integer from %s to %s", name,
+                    dh3_compat_fmtint(lo, min), dh3_compat_fmtint(hi, max));
+  }
   lua_pop(L, 1);
   return v;
 }
@@ -229,19 +233,21 @@ static void dh3_request_parse(lua_State *L, size_t max_body, dh3_request_opts *o
     case LUA_TNIL:
       break;
     case LUA_TTABLE: {
-      lua_Integer i, n = (lua_Integer)lua_rawlen(L, -1);
+      size_t n = lua_rawlen(L, -1);
+      int i;
       if (n > DH3_MAX_HEADERS) dh3_request_bad(L, "field 'headers' has more than %d items", DH3_MAX_HEADERS);
       o->n_headers = (int)n;
-      for (i = 1; i <= n; i++) {
+      for (i = 1; i <= o->n_headers; i++) {
         size_t len;
         const char *h;
-        if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
-          dh3_request_bad(L, "field 'headers' must hold strings (item %I is %s)", i,
+        lua_rawgeti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+          dh3_request_bad(L, "field 'headers' must hold strings (item %d is %s)", i,
                           luaL_typename(L, -1));
         h = lua_tolstring(L, -1, &len);
         /* a CR or LF would let a value inject headers of its own */
         if (strlen(h) != len || strchr(h, '\r') != NULL || strchr(h, '\n') != NULL)
-          dh3_request_bad(L, "field 'headers' item %I contains a NUL, CR or LF byte", i);
+          dh3_request_bad(L, "field 'headers' item %d contains a NUL, CR or LF byte", i);
         if (dh3_request_prefix_ci(h, len, "expect:")) o->user_expect = 1;
         if (dh3_request_prefix_ci(h, len, "user-agent:")) o->user_agent = 1;
         lua_pop(L, 1);
