@@ -21,11 +21,10 @@ Client.__name = "dh3.client"
 
 M.DEFAULT_BASE_URL = "https://api.dh3.app"
 
--- The options of each client's API requests, with its headers (the key among them), kept out of
--- the client table so that nothing that prints or serialises a client (a debugger, a table dump)
--- can show the key. One table per client, refilled for each request: engine:request reads it
--- at once and keeps nothing of it.
-local request_of = setmetatable({}, { __mode = "k" })
+-- The headers of each client's API requests (the key among them), kept out of the client table
+-- so that nothing that prints or serialises a client (a debugger, a table dump) can show the key.
+-- The table is made once and never changed: the C core keeps the header list it builds from it.
+local headers_of = setmetatable({}, { __mode = "k" })
 -- The base URL as given, which may hold a user name and password: client.base_url shows it
 -- with those redacted.
 local base_url_of = setmetatable({}, { __mode = "k" })
@@ -109,7 +108,7 @@ function M.new(opts, version, stand_in)
   }
   base_url = base_url:gsub("/+$", "")
   local self = setmetatable({
-    -- for display: a password in the URL is as secret as the key (the real URL is in request_of)
+    -- for display: a password in the URL is as secret as the key (the real URL is in base_url_of)
     base_url = validate.redact_url(base_url),
     timeout = opts.timeout or DEFAULTS.timeout,
     connect_timeout = opts.connect_timeout or DEFAULTS.connect_timeout,
@@ -127,10 +126,7 @@ function M.new(opts, version, stand_in)
   self._downloads = self._sched:semaphore(M.MAX_DOWNLOADS)
   if qps then self._pacer = ratelimit.new(qps, self._sched) end
   -- built once; the key lives only here and in the engine's outgoing requests
-  request_of[self] = {
-    headers = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" },
-    method = nil, url = nil, body = nil, timeout = nil, connect_timeout = nil, context = nil,
-  }
+  headers_of[self] = { "Authorization: Bearer " .. key, "Content-Type: application/json", "Accept: application/json" }
   base_url_of[self] = base_url
   return self
 end
@@ -152,13 +148,14 @@ end
 --- One API call about `task`, with its retries: the create (POST contract.CREATE_PATH, `body`
 -- the input), which follows the non-idempotent create rules and is never cut short, or a read
 -- (GET contract.GET_PATH; the task's id goes in the URL's query, not in `path`, which the
--- on_request hook sees), which the task's cancel token can stop. `deadline` (on sched.now),
--- optional, bounds the whole call. Returns the decoded answer (body code 200), or nil, err.
-function Client:_api(method, path, body, task, deadline)
+-- on_request hook sees), which cancelling the operation `op` stops (see Task:_op). `deadline`
+-- (on sched.now), optional, bounds the whole call. Returns the decoded answer (body code 200),
+-- or nil, err.
+function Client:_api(method, path, body, task, deadline, op)
   local sched = self:_scheduler()
   local is_create = path == contract.CREATE_PATH
-  local task_id, token = task.id, not is_create and (task._token or task:_cancel_token()) or nil
-  local ro, base = request_of[self], base_url_of[self]
+  local task_id, token = task.id, not is_create and op or nil
+  local headers, base = headers_of[self], base_url_of[self]
   local url = is_create and base .. path or base .. path .. "?task_id=" .. task_id
   local json
   if body then json = assert(core.json_encode(body)) end
@@ -190,10 +187,10 @@ function Client:_api(method, path, body, task, deadline)
         return nil, jerr
       end
     end
-    ro.method, ro.url, ro.body, ro.timeout, ro.connect_timeout =
-      method, url, json, timeout, min(self.connect_timeout, timeout)
-    local req, rerr = sched:request(ro)
-    ro.body, ro.context = nil, nil -- nothing of this call stays reachable from the table
+    local req, rerr = sched:request{
+      method = method, url = url, headers = headers, body = json, timeout = timeout,
+      connect_timeout = min(self.connect_timeout, timeout), context = sched:context(),
+    }
     if not req then
       if slot then self._pacer:release(slot) end
       return nil, errors.new("invalid_request", errors.sanitize(rerr, 200), { task_id = task_id })
@@ -250,7 +247,9 @@ end
 -- returns the request, or nil, message.
 -- No Authorization header: the image host is a third party and must never see the key.
 function Client:_download(image, path, timeout)
-  return self:_scheduler():request{
+  local sched = self:_scheduler()
+  return sched:request{
+    context = sched:context(),
     method = "GET", url = image.url, download_to = path, expect_size = image.file_size,
     max_body = not path and math.max(1, image.file_size) or nil,
     follow_redirects = true, connect_timeout = self.connect_timeout,
@@ -372,8 +371,7 @@ function Client:_delivered(result, trusted)
   local t = self._tasks[result.task_id]
   if not t then return false end
   if trusted then t:_apply(result) end
-  local token = t._token
-  if token then self._sched:wake(token) end
+  t:_wake()
   return true
 end
 
@@ -398,7 +396,7 @@ local function release(self)
   if self._listener then self._listener:close() end
   self._engine:close()
   if self._journal then self._journal:close() end
-  request_of[self] = nil
+  headers_of[self] = nil
 end
 
 --- Closes the client. Creates already sent are let finish (each bounded by its request timeout):

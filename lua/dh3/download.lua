@@ -102,25 +102,18 @@ end
 -- or nil, err.
 function M.outcome(res, image, task_id)
   if res.ok and res.status >= 200 and res.status <= 299 then return res.path or res.body end
-  local fields = { task_id = task_id, http_status = res.status ~= 0 and res.status or nil }
-  if res.io_error then
-    -- the local file (a full disk, a missing folder, no free name), not the network, failed
-    return nil, errors.new("io", "saving " .. image.url .. ": " .. errors.sanitize(res.io_error, 300), fields)
+  local what = "downloading " .. image.url
+  local err = errors.transfer_error(res, what, image.file_size)
+  if not err then
+    if res.status < 200 or res.status > 299 then
+      err = errors.new(errors.kind_for_code(res.status), what .. ": HTTP " .. res.status
+        .. " (result URLs are temporary)", { http_status = res.status })
+    else
+      err = errors.new("network", what .. ": " .. errors.sanitize(res.message or "failed", 200))
+    end
   end
-  if res.curl_code ~= 0 and not res.too_large then
-    fields.curl_error = res.curl_error
-    local kind = res.curl_error == "OPERATION_TIMEDOUT" and "timeout" or "network"
-    return nil, errors.new(kind, "downloading " .. image.url .. ": " .. errors.sanitize(res.message or "", 200), fields)
-  end
-  if res.status < 200 or res.status > 299 then
-    return nil, errors.new(errors.kind_for_code(res.status),
-      "downloading " .. image.url .. ": HTTP " .. res.status .. " (result URLs are temporary)", fields)
-  end
-  if res.too_large or res.size_mismatch then
-    return nil, errors.new("protocol", ("downloading %s: got %d bytes, the service said %d"):format(
-      image.url, res.bytes or 0, image.file_size), fields)
-  end
-  return nil, errors.new("network", "downloading " .. image.url .. ": " .. errors.sanitize(res.message or "failed", 200), fields)
+  err.task_id = task_id
+  return nil, err
 end
 
 return M

@@ -114,15 +114,40 @@ end
 local REDIRECTED = "the service redirected the request, and dh3 follows no redirect so that the API key "
   .. "goes to no other address: check base_url or DH3_BASE_URL"
 
+--- The error of a transfer (an API call or a download) that did not complete: a local file that
+-- could not be written (kind io), the connection (network, timeout), or more bytes than allowed,
+-- or fewer than announced (protocol; `expected`, a download's announced size, names it). nil when
+-- the transfer completed, whatever its HTTP status, which the caller reads. `what`, optional,
+-- starts the message ("downloading URL"). The one place where a transfer's failure gets a kind.
+function M.transfer_error(res, what, expected)
+  local prefix = what and (what .. ": ") or ""
+  local fields = { http_status = res.status ~= 0 and res.status or nil }
+  if res.io_error then
+    return M.new("io", prefix .. sanitize(res.io_error, 300), fields)
+  end
+  if res.curl_code ~= 0 and not res.too_large then
+    -- whatever status line came before the failure, the answer never came whole
+    local kind = res.curl_error == "OPERATION_TIMEDOUT" and "timeout" or "network"
+    return M.new(kind, prefix .. sanitize(curl_message(res.message or res.curl_error), 200),
+      { curl_error = res.curl_error })
+  end
+  if res.status < 200 or res.status > 299 then return nil end -- a refusal, with its own status
+  if res.too_large or res.size_mismatch then
+    if expected then
+      return M.new("protocol", ("%sgot %d bytes, the service said %d"):format(prefix, res.bytes or 0, expected),
+        fields)
+    end
+    return M.new("protocol", prefix .. "the answer is larger than the client accepts", fields)
+  end
+  return nil
+end
+
 --- Turns the C core's result for one API exchange into (document) or (nil, err).
 -- The document is the decoded JSON object of a successful answer (body code 200).
 function M.from_response(res)
-  if res.curl_code ~= 0 then
-    if res.too_large then
-      return nil, M.new("protocol", "the answer is larger than the client accepts", { http_status = res.status })
-    end
-    local kind = res.curl_error == "OPERATION_TIMEDOUT" and "timeout" or "network"
-    return nil, M.new(kind, sanitize(curl_message(res.message or res.curl_error), 200), { curl_error = res.curl_error })
+  if res.curl_code ~= 0 or res.too_large then
+    local err = M.transfer_error(res)
+    if err then return nil, err end
   end
   local status = res.status
   local doc = res.body and json_decode(res.body)

@@ -5,7 +5,6 @@
 -- unchanged. The first polls wait in a queue already in time order (read from the front); only
 -- the later polls go through the heap: most tasks of a big group need just one or two reads, and a
 -- queue costs nothing to keep in order where each heap pop walks its whole depth.
-local core = require "dh3.core"
 local errors = require "dh3.errors"
 local validate = require "dh3.validate"
 local scheduler = require "dh3.scheduler"
@@ -16,7 +15,6 @@ local retry = require "dh3.retry"
 
 local M = {}
 
-local now = core.now
 local is_terminal = require("dh3.contract").is_terminal
 local unwatch -- defined with watch, below
 
@@ -87,7 +85,7 @@ end
 function Group:_news(e)
   if self:_observe(e) or e.urgent or e.polling then return end
   e.urgent = true
-  push(self.heap, { at = now(), stand_in_for = e })
+  push(self.heap, { at = self.sched.now(), stand_in_for = e })
   if self.worker_tokens then
     for _, token in ipairs(self.worker_tokens) do
       if token.timer then return self.sched:wake(token) end -- one sleeping worker takes it now
@@ -101,20 +99,20 @@ end
 function Group:_poll(e, token, once)
   local task = e.task
   e.polling, token.entry = true, e
-  local state, err = task:status(self.deadline)
+  local state, err = task:status(self.deadline, e)
   e.polling, token.entry = false, false
   if e.finished or self.stopped then return end -- cancelled meanwhile
   if not state then
-    if err.kind == "timeout" and now() >= self.deadline then
+    if err.kind == "timeout" and self.sched.now() >= self.deadline then
       err = errors.new("timeout", "the task did not finish in time; it is still valid", { task_id = task.id })
     else
       local again = err.retryable
       if again == nil then again = retry.read_retryable(err) end
-      if again and now() < self.deadline then
+      if again and self.sched.now() < self.deadline then
         e.failures, e.last_err = e.failures + 1, err
         if once then return end -- a stand-in's read: the task's own entry is still queued
         local longest = math.max(select(2, self:_interval(task)), err.retry_after or 0)
-        e.at = now() + math.min(retry.backoff(e.failures, self.interval, err.retry_after) or longest, longest)
+        e.at = self.sched.now() + math.min(retry.backoff(e.failures, self.interval, err.retry_after) or longest, longest)
         return push(self.heap, e)
       end
     end
@@ -122,7 +120,7 @@ function Group:_poll(e, token, once)
   end
   e.failures, e.last_err = 0, false
   if self:_observe(e) or once then return end
-  e.at = now() + e.delay
+  e.at = self.sched.now() + e.delay
   e.delay = math.min(e.delay * GROWTH, select(2, self:_interval(task)))
   push(self.heap, e)
 end
@@ -158,7 +156,8 @@ end
 function Group:_expire()
   self:_end_all(function(e)
     local last = e.last_err
-    return errors.new("timeout", ("the task did not finish within %gs; it is still valid%s"):format(self.timeout,
+    return errors.new("timeout", ("the task did not finish within %gs; it is still valid: wait on it "
+      .. "again later%s"):format(self.timeout,
       last and (" (its status could not be read: %s: %s)"):format(last.kind, last.message) or ""),
       { task_id = e.task.id })
   end)
@@ -173,7 +172,7 @@ function Group:_worker(token)
   while not self.stopped do
     local e = self:_peek()
     if not e then break end
-    local t = now()
+    local t = self.sched.now()
     if t >= self.deadline then
       self:_expire()
       break
@@ -199,22 +198,19 @@ function Group:_worker(token)
   end
 end
 
--- A watched task's cancel token leads back to its entry (token.watched; the entry knows its group):
--- two functions shared by every token, rather than two closures made for each task.
-local function on_cancel(token)
-  local e = token.watched
+-- An entry is its task's operation (see Task:_op): a cancel of the task or news of it reaches
+-- the entry through these two functions, shared by every entry.
+local function on_cancel(e)
   e.group:_finish(e, errors.cancelled(e.task.id))
 end
 
-local function on_wake(token)
-  local e = token.watched
+local function on_wake(e)
   e.group:_news(e)
 end
 
--- Ends what watch set on the token of entry e's task, unless another group watches it since.
+-- The entry is no longer one of its task's operations.
 unwatch = function(e)
-  local token = e.task and e.task._token -- stand-ins have no task
-  if token and token.watched == e then token.on_cancel, token.on_wake, token.watched = nil, nil, nil end
+  if e.task then e.task:_end_op(e) end -- stand-ins have no task
 end
 
 --- Starts watching `tasks` (each created, i.e. with an id). Callbacks fire from the client's
@@ -235,12 +231,12 @@ function M.watch(client, tasks, opts, level)
     first = {}, first_at = 1, first_n = 0, -- the first polls, in time order: first[first_at..first_n]
     heap = {},                -- the later polls and the stand-ins of _news, a heap by time
     remaining = #tasks, event = scheduler.event(),
-    timeout = timeout, deadline = now() + timeout,
+    timeout = timeout, deadline = sched.now() + timeout,
     interval = interval, max_interval = math.max(interval, opts.max_interval or M.DEFAULTS.max_interval),
     explicit_interval = opts.interval ~= nil,
     on_update = opts.on_update, on_done = opts.on_done,
   }, Group)
-  local t0, n, first = now(), #tasks, self.first
+  local t0, n, first = sched.now(), #tasks, self.first
   for i, task in ipairs(tasks) do
     if not task_module.is_task(task) or task.client ~= client then
       error(("watch: item %d is not a task of this client"):format(i), level)
@@ -250,14 +246,14 @@ function M.watch(client, tasks, opts, level)
     -- Every field an entry will hold, so that none is added (and the table grown) later. The
     -- first polls fall at the middles of n equal slices of the interval: in order, evenly
     -- spread, and a lone task is first read half an interval after the watch starts.
+    -- The fields after `group` make the entry an operation of its task (scheduler.cancel, wake).
     local e = { task = task, index = i, delay = delay, seen = task.state, at = t0 + delay * (i - 0.5) / n,
-      polling = false, finished = false, group = self, failures = 0, last_err = false }
+      polling = false, finished = false, group = self, failures = 0, last_err = false,
+      req = nil, co = nil, timer = nil, cancelled = false, woken = false, on_cancel = on_cancel, on_wake = on_wake }
     if task:done() then
       self:_finish(e, outcome(task))
     else
-      local token = task:_cancel_token()
-      token.cancelled = false
-      token.on_cancel, token.on_wake, token.watched = on_cancel, on_wake, e
+      task:_op(e)
       self.first_n = self.first_n + 1
       first[self.first_n] = e
     end
@@ -311,7 +307,8 @@ function Group:stop()
     local e = token.entry
     if e then -- its status read is in flight: cancel it
       unwatch(e)
-      self.sched:cancel(e.task._token)
+      e.on_cancel = nil -- stopped, not cancelled: the entry does not end with an error
+      self.sched:cancel(e)
     end
     if token.timer then self.sched:cancel(token) end -- wake the sleeping workers so they end now
   end

@@ -51,6 +51,7 @@ function M.new(engine, now)
     -- rebuilds itself on every insert once full (bench/RESULTS.md).
     awaiting = {},
     finished = {},  -- [request] = result, for requests a blocking caller is waiting on
+    dropped = {},   -- [request] = true: its result, when it comes, is for no one (see drop)
     timers = {},    -- a heap (dh3.heap) of {at, co}
     ready = {},     -- coroutines that yielded on their own, resumed on the next step
     sources = {},   -- I/O of our own (a webhook receiver): objects with wait_set() and step(0)
@@ -165,6 +166,8 @@ function Scheduler:step(wait)
     if co and awaiting[co] == req then
       awaiting[co] = false
       self:_resume(co, res)
+    elseif self.dropped[req] then
+      self.dropped[req] = nil
     else
       self.finished[req] = res
     end
@@ -185,11 +188,28 @@ function Scheduler:step(wait)
   end
 end
 
---- Starts a transfer (engine:request's options); the completion finds its way back to the
--- coroutine that made it. Returns the request, or nil, message.
+--- What a request's `context` option must be so that its completion finds its way back to the
+-- coroutine making it: the running coroutine if it is one of ours, else false (a blocking caller).
+function Scheduler:context()
+  return current(self) or false
+end
+
+--- Starts a transfer: `opts` are engine:request's options, built by the caller for this request
+-- alone, with context = self:context(). Returns the request, or nil, message (and a reason).
 function Scheduler:request(opts)
-  opts.context = current(self) or false
   return self.engine:request(opts)
+end
+
+--- Forgets `req`: cancelled if still in flight, and its result, if it has come or comes later,
+-- is thrown away (a caller that gave up on it must not leave it here for ever).
+function Scheduler:drop(req)
+  self.progress[req], self.progress_seen[req] = nil, nil
+  if req:cancel() then return end
+  if self.finished[req] then
+    self.finished[req] = nil
+  else
+    self.dropped[req] = true
+  end
 end
 
 --- The result of a submitted request, once it completes (M.CANCELLED when `token` was cancelled
@@ -246,9 +266,10 @@ function Scheduler:sleep(seconds, token)
   return not self.closing
 end
 
---- Stops whatever the owner of `token` waits on: its transfer is cancelled (its await returns
--- M.CANCELLED), its sleep ends, and token.on_cancel(token), if set, runs. A transfer that already
--- finished is delivered as usual: the owner checks token.cancelled afterwards.
+--- Stops whatever the owner of `token` (an operation: see Task:_op) waits on: its transfer is
+-- cancelled (its await returns M.CANCELLED), its sleep or its wait for a slot ends, and
+-- token.on_cancel(token), if set, runs. A transfer that already finished is delivered as usual:
+-- the owner checks token.cancelled afterwards.
 function Scheduler:cancel(token)
   token.cancelled = true
   local req = token.req

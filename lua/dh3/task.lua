@@ -5,14 +5,11 @@ local errors = require "dh3.errors"
 local validate = require "dh3.validate"
 local download = require "dh3.download"
 local output = require "dh3.output"
-local retry = require "dh3.retry"
 local scheduler_cancelled = require("dh3.scheduler").CANCELLED
 
 local M = {}
 
 local GET_PATH, is_terminal, parse_output = contract.GET_PATH, contract.is_terminal, output.parse
--- what output.parse fills for Task:status, which copies it into the task at once
-local status_result = { task_id = nil, state = nil, images = nil, error = nil }
 
 local Task = {}
 Task.__index = Task
@@ -32,7 +29,7 @@ function M.new(client, input, level)
   -- The nil fields size the table for what a task holds once read (a constructor reserves a
   -- slot for every field it names): polling thousands of tasks then grows none of them.
   local self = setmetatable({ client = client, id = nil, state = nil, images = nil, error = nil,
-    _token = nil, _callback = nil }, Task)
+    _ops = nil, _callback = nil }, Task)
   if type(input) == "string" then
     if not validate.task_id(input) then
       error(("client:task: '%s' is not a task id"):format(errors.sanitize(input, 80)), level)
@@ -117,25 +114,60 @@ function Task:_expect_download()
   return journal:saving(self.id)
 end
 
--- The table through which task:cancel() reaches whatever this task waits on (see scheduler.cancel).
-function Task:_cancel_token()
-  local token = self._token
-  if not token then
-    -- sized for the fields scheduler.await/sleep/cancel and the poller set on it (see Task.new)
-    token = { req = nil, co = nil, timer = nil, cancelled = nil, woken = nil, on_cancel = nil, on_wake = nil,
-      watched = nil }
-    self._token = token
+-- {======================================================================
+-- Operations: each call that does work for the task (a status read, a download or read of its
+-- images, a watch of it) is one operation object, through which task:cancel() and news of the
+-- task (a webhook delivery) reach that call alone. The scheduler keeps on it what the call waits
+-- on (req, co, timer, waiter) and the flags cancelled and woken; on_cancel and on_wake, when set,
+-- run on a cancel or on news. The task holds the set of its live operations.
+-- ======================================================================
+
+--- Starts an operation of this task: `op` (a watch entry, which is its own operation) or a new
+-- one. Returns it; Task:_end_op ends it.
+function Task:_op(op)
+  if not op then
+    op = { req = nil, co = nil, timer = nil, waiter = nil, cancelled = false, woken = false }
   end
-  return token
+  local ops = self._ops
+  if not ops then
+    ops = {}
+    self._ops = ops
+  end
+  ops[op] = true
+  return op
+end
+
+function Task:_end_op(op)
+  local ops = self._ops
+  if ops then ops[op] = nil end
+end
+
+-- The live operations, as a list (what cancelling or waking one does may start or end others).
+local function live_ops(self)
+  local list, n = {}, 0
+  for op in pairs(self._ops) do
+    n = n + 1
+    list[n] = op
+  end
+  return list
 end
 
 --- Stops every wait, poll and transfer in progress for this task: they return nil and an error of
 -- kind "cancelled". The task itself is untouched: its id stays valid to wait on later.
 -- A create in flight is not interrupted (its answer carries the id: it must not be lost).
 function Task:cancel()
-  local token = self._token
-  if token then self.client:_scheduler():cancel(token) end
+  if not self._ops then return end
+  local sched = self.client:_scheduler()
+  for _, op in ipairs(live_ops(self)) do sched:cancel(op) end
 end
+
+-- News of the task came (a webhook delivery): every operation waiting on it hears of it.
+function Task:_wake()
+  if not self._ops then return end
+  local sched = self.client._sched
+  for _, op in ipairs(live_ops(self)) do sched:wake(op) end
+end
+-- }======================================================================
 
 -- Applies a task's reported state (output.parse's result) to self; records a terminal state in
 -- the journal the first time it is seen.
@@ -150,13 +182,17 @@ function Task:_check_created(what)
   if not self.id then error(("task:%s: the task has not been created yet"):format(what), 3) end
 end
 
---- One status read. Returns the state, or nil, err.
-function Task:status(deadline)
+--- One status read. Returns the state, or nil, err. (`deadline` and `op`, the operation it is
+-- part of, are the poller's.)
+function Task:status(deadline, op)
   local id = self.id
   if not id then self:_check_created("status") end
-  local doc, err = self.client:_api("GET", GET_PATH, nil, self, deadline)
+  local own = not op
+  if own then op = self:_op() end
+  local doc, err = self.client:_api("GET", GET_PATH, nil, self, deadline, op)
+  if own then self:_end_op(op) end
   if not doc then return nil, err end
-  local result, why = parse_output(doc.nano_banana_pro_output, status_result)
+  local result, why = parse_output(doc.nano_banana_pro_output)
   if result and result.task_id ~= nil and result.task_id ~= id then
     result, why = nil, "the answer is about another task"
   end
@@ -172,75 +208,19 @@ function Task:done()
 end
 
 local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "number", on_update = "function" }
-local WAIT_RULES = validate.WAIT_RULES
-local DEFAULT_WAIT = { timeout = 600, interval = 1, max_interval = 10 }
-local CALLBACK_WAIT = { interval = 15, max_interval = 60 }
-local GROWTH = 1.5 -- each unchanged poll waits this much longer, up to max_interval
-
--- Whether a wait reads the status again after this failed read: a read is safe to repeat, so a
--- failure that may pass (the network, the service, a rate limit) never ends a wait with time left.
-local function read_again(err)
-  if err.retryable ~= nil then return err.retryable end
-  return retry.read_retryable(err)
-end
 
 --- Polls until the task ends. Returns the task on success; nil, err on fail ("task_failed") or
--- when `timeout` passes ("timeout": the task is still valid and can be waited on again). A read
--- that fails for a reason that may pass is read again after a back-off, until the deadline.
+-- when `timeout` passes ("timeout": the task is still valid and can be waited on again). It is a
+-- watch of this one task (dh3.poller): the same intervals, retries and deadlines as wait_all.
 function Task:wait(opts)
   opts = opts or {}
   validate.check_table("task:wait", opts, WAIT_OPTIONS, 3)
-  validate.check_numbers("task:wait", opts, WAIT_RULES, 3)
+  validate.check_numbers("task:wait", opts, validate.WAIT_RULES, 3)
   self:_check_created("wait")
-  local timeout = opts.timeout or DEFAULT_WAIT.timeout
-  -- with a callback coming, polling is only the fallback for a lost delivery: slow by default
-  local defaults = self._callback and CALLBACK_WAIT or DEFAULT_WAIT
-  local interval = opts.interval or defaults.interval
-  local max_interval = math.max(interval, opts.max_interval or defaults.max_interval)
-  local deadline = core.now() + timeout
-  local delay = interval
-  local seen = self.state
-  local scheduler = self.client:_scheduler()
-  local token = self:_cancel_token()
-  token.cancelled = false
-  local failures, last_err = 0, nil -- status reads failed in a row, and the last one's error
-  while true do
-    if not self:done() then
-      local state, err = self:status(deadline)
-      if state then
-        failures, last_err = 0, nil
-      else
-        if err.kind == "timeout" and core.now() >= deadline then break end
-        if not read_again(err) or core.now() >= deadline then return nil, err end
-        failures, last_err = failures + 1, err
-      end
-    end
-    if self.state ~= seen then
-      seen = self.state
-      delay = interval
-      if opts.on_update then scheduler:call(opts.on_update, self) end
-    end
-    if self.state == "success" then return self end
-    if self.state == "fail" then
-      return nil, errors.new("task_failed", self.error, { task_id = self.id })
-    end
-    local left = deadline - core.now()
-    if left <= 0 then break end
-    local pause = delay
-    if last_err then
-      local longest = math.max(max_interval, last_err.retry_after or 0)
-      pause = math.min(retry.backoff(failures, interval, last_err.retry_after) or longest, longest)
-    end
-    token.woken = false
-    if not scheduler:sleep(math.min(pause, left), token) then
-      return nil, errors.new("cancelled", "the client is closing; the task id is still valid", { task_id = self.id })
-    end
-    if token.cancelled then return nil, errors.cancelled(self.id) end
-    delay = math.min(delay * GROWTH, max_interval)
-  end
-  return nil, errors.new("timeout", ("the task did not finish within %gs; it is still valid: "
-    .. "wait on it again later%s"):format(timeout, last_err and (" (its status could not be read: %s: %s)")
-      :format(last_err.kind, last_err.message) or ""), { task_id = self.id })
+  local group = require("dh3.poller").watch(self.client, { self }, opts, 3)
+  local _, err = group:next()
+  if err then return nil, err end
+  return self
 end
 
 local DOWNLOAD_OPTIONS = { timeout = "number", progress = "function" }
@@ -311,25 +291,21 @@ end
 -- first is waited for; more are taken only while free, and a finished image hands its slot to
 -- the next one, so no call ever waits for a slot while holding one (two calls could then wait
 -- for each other forever).
-function Task:_fetch(paths, opts, only)
+local function fetch(self, op, paths, opts, only)
   local client = self.client
   local sched = client:_scheduler()
   local images = only and { self.images[only] } or self.images
   local n = #images
-  local token = self:_cancel_token()
-  token.cancelled = false
   local requests, got, total = {}, {}, {}
   for k = 1, n do got[k], total[k] = 0, images[k].file_size end
   local next_k, held = 1, 0
 
-  -- an early end: what is still in flight is cancelled and every slot given back
+  -- an early end: what is still in flight is cancelled, what already came is thrown away, and
+  -- every slot given back
   local function abandon(err)
     for k = 1, next_k - 1 do
       local req = requests[k]
-      if req then
-        req:cancel()
-        sched:watch_progress(req, nil)
-      end
+      if req then sched:drop(req) end
     end
     for _ = 1, held do client:_download_done() end
     return nil, err
@@ -356,7 +332,7 @@ function Task:_fetch(paths, opts, only)
     return true
   end
 
-  local ok, err = client:_download_slot(token, self.id)
+  local ok, err = client:_download_slot(op, self.id)
   if not ok then return nil, err end
   held = 1
   ok, err = start_next()
@@ -370,7 +346,7 @@ function Task:_fetch(paths, opts, only)
   local results, first_err = {}, nil
   for k = 1, n do
     local req = requests[k] -- started: each image awaited hands its slot to the next one
-    local res = sched:await(req, token)
+    local res = sched:await(req, op)
     sched:watch_progress(req, nil)
     requests[k] = nil
     if res == scheduler_cancelled then return abandon(errors.cancelled(self.id)) end
@@ -389,6 +365,13 @@ function Task:_fetch(paths, opts, only)
     return nil, first_err
   end
   return results
+end
+
+function Task:_fetch(paths, opts, only)
+  local op = self:_op()
+  local results, err = fetch(self, op, paths, opts, only)
+  self:_end_op(op)
+  return results, err
 end
 
 return M
