@@ -43,6 +43,8 @@ CFLAGS       ?= $(OPT)
 ALL_CFLAGS    = $(WARN) -fPIC -fvisibility=hidden $(CFLAGS) $(LUA_CFLAGS) $(CURL_CFLAGS)
 LDFLAGS      ?=
 SPECS        ?= spec
+SPEC_JOBS    ?= 4
+SPEC_TIMEOUT ?= 900
 DH3_SPEC_GC  ?=
 BUSTED_ARGS  ?=
 
@@ -95,8 +97,9 @@ $(CORE): $(OBJS)
 	@mkdir -p $(@D)
 	$(CC) -shared $(LDFLAGS) -o $@ $(OBJS) $(CURL_LIBS)
 
+# The spec files run SPEC_JOBS at a time (spec/run.sh), each cut at SPEC_TIMEOUT seconds.
 test: all
-	$(SPEC_ENV) $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS)
+	$(SPEC_ENV) spec/run.sh $(SPEC_JOBS) $(SPEC_TIMEOUT) $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) -- $(SPECS)
 
 demo: all
 	$(LUA) examples/demo.lua
