@@ -132,12 +132,17 @@ asan: $(DEPS_STAMP)
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 DH3_SPEC_GC=$(DH3_SPEC_GC) \
-	  $(SPEC_ENV) $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS); rc=$$?; $(MAKE) --no-print-directory clean-core; exit $$rc
+	  $(SPEC_ENV) spec/run.sh $(CHECK_JOBS) $(CHECK_TIMEOUT) $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) -- $(SPECS); \
+	  rc=$$?; $(MAKE) --no-print-directory clean-core; exit $$rc
 
+# Under the sanitizers and valgrind a run is several times slower: fewer at once, more time each.
+CHECK_JOBS    ?= 2
+CHECK_TIMEOUT ?= 1800
 valgrind: all
-	DH3_SPEC_GC=$(DH3_SPEC_GC) $(SPEC_ENV) valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	DH3_SPEC_GC=$(DH3_SPEC_GC) $(SPEC_ENV) spec/run.sh $(CHECK_JOBS) $(CHECK_TIMEOUT) \
+	  valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	  --suppressions=spec/valgrind.supp --trace-children=no \
-	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) $(SPECS)
+	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) -- $(SPECS)
 
 # Benchmarks against peers (bench/README.md); not part of test or CI. Installs what it needs the
 # way `make deps` does (the same rule, with the bench's packages and stamp). BENCH_QUICK=1: a smoke run.
