@@ -72,12 +72,15 @@ for f in $(printf '%s\n' "${files[@]}" | sort); do
   cat "$logs/$name.time" >> "$logs/times" 2>/dev/null
   rc=$(cat "$logs/$name.rc" 2>/dev/null || echo 1)
   line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$logs/$name.log" | tail -n 1)
+  f_failed=0
   if [ -n "$line" ]; then
     passed=$((passed + $(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')))
-    failed=$((failed + $(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')))
+    f_failed=$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')
+    failed=$((failed + f_failed))
   fi
-  if [ "$rc" != 0 ] && { [ -z "$line" ] || [ "$rc" -ge 124 ]; }; then
-    # no closing line (it died), or cut by the time limit: the file counts as one failure
+  if [ "$rc" != 0 ] && [ "$f_failed" = 0 ]; then
+    # a failure its closing line does not count: it died, was cut by the time limit, or a
+    # checker around it (valgrind, a sanitizer) found an error: the file counts as one failure
     failed=$((failed + 1))
     [ "$rc" -ge 124 ] && echo "==== $f: stopped after ${limit}s (exit $rc)" || echo "==== $f: exit $rc"
   fi
