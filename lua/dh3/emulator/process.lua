@@ -1,6 +1,7 @@
 -- Starts dh3-emulator as a child process on a free loopback port, and stops it: for your own
 -- tests (and this project's specs, benchmarks and `make demo`), which want a real emulator
--- beside them without a terminal of its own.
+-- beside them without a terminal of its own. This module runs on every Lua dh3 supports; the
+-- emulator it starts runs on Lua 5.4.
 --   local process = require "dh3.emulator.process"
 --   local emu = assert(process.start{ "--keys", "test-key", "--queue-time", "0" })
 --   local client = assert(require("dh3").new{ api_key = "test-key", base_url = emu.url })
@@ -67,12 +68,12 @@ function M.start(argv, opts)
   -- the shell prints its pid, then becomes the emulator (exec), so that pid is the emulator's
   local pipe, perr = io.popen("echo $$; exec " .. command(all, opts.lua or "lua5.4", opts.bin) .. " " .. redirect, "r")
   if not pipe then return nil, "dh3-emulator did not start: " .. tostring(perr) end
-  local pid = tonumber(pipe:read("l"))
-  local first = pipe:read("l")
+  local pid = tonumber(pipe:read("*l"))
+  local first = pipe:read("*l")
   local url = first and first:match("^listening on (https?://%S+)")
   if not (pid and url) then
     if pid then os.execute("kill " .. pid .. " 2>/dev/null") end -- in case it runs all the same
-    local rest = pipe:read("a") or ""
+    local rest = pipe:read("*a") or ""
     pipe:close()
     return nil, ("dh3-emulator did not start: %s %s"):format(tostring(first), rest:sub(1, 2000))
   end
@@ -84,7 +85,7 @@ end
 function Process:stop()
   if not self.pipe then return "" end
   os.execute("kill " .. self.pid .. " 2>/dev/null")
-  local rest = self.pipe:read("a")
+  local rest = self.pipe:read("*a")
   self.pipe:close()
   self.pipe = nil
   return rest
