@@ -55,7 +55,7 @@ BUSTED_ARGS  ?=
 LUAS_DEB_PACKAGES ?= lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
                      luajit libluajit-5.1-dev
 DEB_PACKAGES ?= lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket lua-zlib \
-                lua-argparse luarocks pkg-config gcc make tmux lua-sec openssl $(LUAS_DEB_PACKAGES)
+                lua-argparse luarocks pkg-config gcc make tmux lua-sec openssl lua-check bc $(LUAS_DEB_PACKAGES)
 DEPS_STAMP   ?= .deps-ok
 
 SRCS    = $(wildcard src/*.c)
@@ -66,7 +66,7 @@ CORE    = $(CORE_DIR)/dh3/core.so
 # what `make test` and friends give the specs: where this Lua's dh3.core is
 SPEC_ENV ?= DH3_SPEC_CPATH='$(CORE_DIR)/?.so'
 
-.PHONY: all deps test demo asan valgrind bench clean rock fuzz smoke
+.PHONY: all deps test demo asan valgrind bench clean rock fuzz smoke lint
 
 all: $(DEPS_STAMP) $(CORE)
 
@@ -145,6 +145,10 @@ smoke: $(DEPS_STAMP)
 	$(LUA) -e "package.path = '$$tree/share/lua/$(LUA_ABI)/?.lua;$$tree/share/lua/$(LUA_ABI)/?/init.lua;' .. package.path; \
 	  package.cpath = '$$tree/lib/lua/$(LUA_ABI)/?.so;' .. package.cpath" spec/smoke.lua $$tree; \
 	rc=$$?; rm -rf $$tree; exit $$rc
+
+# luacheck (.luacheckrc) over the library, the commands, the specs and the examples: no warnings.
+lint: $(DEPS_STAMP)
+	luacheck --no-color -q lua bin spec examples
 
 # Under the sanitizers and valgrind a run is several times slower: fewer at once, more time each.
 CHECK_JOBS    ?= 2
