@@ -7,6 +7,7 @@
 #   make valgrind the spec suite under valgrind memcheck
 #   make bench    benchmarks (bench/README.md)
 #   make fuzz     the libFuzzer harnesses, FUZZ_SECONDS each (fuzz/README.md)
+#   make embed    build/embed/libdh3.a, dh3 for C hosts that embed Lua 5.4, and its example host
 #   make env      shell exports to use this tree from anywhere: eval "$(make -s env)"
 # Every path and tool is an overridable variable.
 
@@ -54,8 +55,14 @@ BUSTED_ARGS  ?=
 # lua-busted serve all of them.
 LUAS_DEB_PACKAGES ?= lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
                      luajit libluajit-5.1-dev
+# The engines the specs run dh3 in: LÖVE under a virtual X server (spec/love_spec.lua), a C
+# host that links Lua 5.4 and lua-cjson statically (make embed, spec/embed_spec.lua), and luv's
+# loop, bare (spec/luv_spec.lua) and in Neovim (spec/nvim_spec.lua): for tests and the optional
+# dh3.luv only, never needed at run time.
+ENGINE_DEB_PACKAGES ?= love xvfb xauth lua-cjson-dev lua-luv neovim
 DEB_PACKAGES ?= lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket lua-zlib \
-                lua-argparse luarocks pkg-config gcc make tmux lua-sec openssl lua-check bc $(LUAS_DEB_PACKAGES)
+                lua-argparse luarocks pkg-config gcc make tmux lua-sec openssl lua-check bc $(LUAS_DEB_PACKAGES) \
+                $(ENGINE_DEB_PACKAGES)
 DEPS_STAMP   ?= .deps-ok
 
 SRCS    = $(wildcard src/*.c)
@@ -66,7 +73,7 @@ CORE    = $(CORE_DIR)/dh3/core.so
 # what `make test` and friends give the specs: where this Lua's dh3.core is
 SPEC_ENV ?= DH3_SPEC_CPATH='$(CORE_DIR)/?.so'
 
-.PHONY: all deps test demo asan valgrind bench clean rock fuzz smoke lint
+.PHONY: all deps test demo asan valgrind bench clean rock fuzz smoke lint embed
 
 all: $(DEPS_STAMP) $(CORE)
 
@@ -227,6 +234,47 @@ $(FUZZ_DIR)/fuzz/%.o: fuzz/%.c fuzz/fuzz.h $(HEADERS)
 
 $(FUZZ_BINS): $(FUZZ_DIR)/%: $(FUZZ_DIR)/fuzz/%.o $(FUZZ_OBJS)
 	$(FUZZ_CC) $(FUZZ_SANITIZE) -fsanitize=fuzzer -o $@ $^ $(FUZZ_LUA_LIBS) $(CURL_LIBS)
+
+# A static library for C hosts that embed Lua 5.4 (README: "Embedding in a C host"): the C core,
+# the Lua layer compiled in as Lua 5.4 bytecode (embed/bundle.lua) and luaopen_dh3
+# (embed/dh3_embed.c), in EMBED_DIR/libdh3.a; and examples/embed/host.c linked with it, a static
+# Lua 5.4 and Debian's static lua-cjson, as EMBED_DIR/host. The module build is not touched. The
+# command line (lua/dh3/cli*) and the emulator are left out.
+EMBED_DIR        ?= build/embed
+EMBED_LUA        ?= lua5.4
+EMBED_LUA_PC     ?= lua5.4
+EMBED_LUA_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags $(EMBED_LUA_PC) 2>/dev/null)
+EMBED_LUA_A      ?= $(shell $(CC) -print-file-name=liblua5.4.a)
+EMBED_CJSON_A    ?= $(shell $(CC) -print-file-name=liblua5.4-cjson.a)
+EMBED_CFLAGS      = $(WARN) -fPIC -fvisibility=hidden $(CFLAGS) $(EMBED_LUA_CFLAGS) $(CURL_CFLAGS) -Iembed
+EMBED_MODULES     = $(filter-out lua/dh3/cli.lua,$(wildcard lua/dh3/*.lua))
+EMBED_OBJS        = $(SRCS:src/%.c=$(EMBED_DIR)/obj/%.o) $(EMBED_DIR)/obj/dh3_embed.o $(EMBED_DIR)/obj/dh3_modules.o
+EMBED_LIB         = $(EMBED_DIR)/libdh3.a
+
+embed: $(DEPS_STAMP) $(EMBED_LIB) $(EMBED_DIR)/host
+
+$(EMBED_DIR)/obj/%.o: src/%.c $(HEADERS) | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(EMBED_CFLAGS) -c $< -o $@
+
+$(EMBED_DIR)/obj/dh3_embed.o: embed/dh3_embed.c embed/dh3_embed.h
+	@mkdir -p $(@D)
+	$(CC) $(EMBED_CFLAGS) -c $< -o $@
+
+$(EMBED_DIR)/dh3_modules.c: embed/bundle.lua $(EMBED_MODULES) lua/dh3
+	@mkdir -p $(@D)
+	$(EMBED_LUA) embed/bundle.lua $@ $(EMBED_MODULES)
+
+$(EMBED_DIR)/obj/dh3_modules.o: $(EMBED_DIR)/dh3_modules.c embed/dh3_embed.h
+	@mkdir -p $(@D)
+	$(CC) $(EMBED_CFLAGS) -c $< -o $@
+
+$(EMBED_LIB): $(EMBED_OBJS)
+	rm -f $@
+	ar rcs $@ $(EMBED_OBJS)
+
+$(EMBED_DIR)/host: examples/embed/host.c embed/dh3_embed.h $(EMBED_LIB)
+	$(CC) $(EMBED_CFLAGS) -o $@ $< $(EMBED_LIB) $(EMBED_CJSON_A) $(EMBED_LUA_A) $(CURL_LIBS) -lm -ldl
 
 rock: all
 	$(LUAROCKS) --lua-version=$(LUA_ABI) make --deps-mode=none rockspec/dh3-scm-1.rockspec
