@@ -76,6 +76,7 @@ local Image = {}
 ---@field user_agent? string
 ---@field on_request? fun(info: dh3.RequestInfo) after each API exchange (not downloads)
 ---@field journal? string a file path: every create recorded durably
+---@field loop? "host" drive the client from your own event loop (see client:watched, client:socket_action)
 
 ---What `on_request` receives after each API exchange (creates and status reads; downloads
 ---are not reported). Never the key.
@@ -193,6 +194,34 @@ function Client:update() end
 
 ---Blocks until nothing is pending.
 function Client:run() end
+
+---Your own event loop: switches the engine to libcurl's socket-action mode (nothing may be in
+---flight; `dh3.new{loop = "host"}` starts in it). update(), run() and blocking calls keep working.
+function Client:use_host_loop() end
+
+---The descriptors whose wanted events changed since the last call (every watched one with `all`),
+---into `t`: t[1], t[2] = fd, events ("r", "w", "rw", or "" to stop watching) ... Allocates nothing
+---when nothing changed.
+---@param t table
+---@param all? boolean
+---@return integer n the number of descriptors written
+function Client:watched(t, all) end
+
+---Seconds until the client must be called with `socket_action()` (no descriptor); nil when
+---nothing is due.
+---@return number?
+function Client:next_timeout() end
+
+---Acts on a ready descriptor (`events`: "r", "w", "rw" or "e"), or on the timer with no
+---arguments; then runs completions, coroutines and timers as `update()` does.
+---@param fd? integer
+---@param events? string
+---@return integer pending
+function Client:socket_action(fd, events) end
+
+---True once the client is closed.
+---@return boolean
+function Client:is_closed() end
 
 ---Where errors raised by spawned coroutines and by your callbacks go (default: stderr).
 ---@param handler fun(err: any, co: thread?, traceback: string?)

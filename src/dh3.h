@@ -10,7 +10,9 @@
 **                calls engine, journal, json, fs, interrupt, util
 **   engine.c     "dh3.engine" and being in flight: the multi handle; adding a request,
 **                anchoring it, every change of its state, cancelling, releasing; the
-**                active list and the done queue; the methods of "dh3.request"
+**                active list and the done queue; the methods of "dh3.request"; the
+**                socket-action mode (libcurl's socket and timer callbacks record the
+**                descriptors and the timeout for a host's own event loop)
 **                calls request, pool, util
 **   request.c    one transfer, built and finished: its options (parsed, and set on a
 **                handle through one table), the header and body callbacks, the temp

@@ -28,16 +28,29 @@
 ** closes first clears it on every request it holds).
 **
 ** No Lua runs inside libcurl: perform() calls curl_multi_perform and
-** curl_multi_info_read, and only C state changes until it returns.
+** curl_multi_info_read, and only C state changes until it returns. In socket-action mode
+** (for a host's event loop, see that section) libcurl's socket and timer callbacks likewise
+** only record in C memory, and perform() polls what they recorded.
 */
 #include "dh3.h"
 
+#include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define DH3_ENGINE_UV_ANCHORS 1 /* {[luaL_ref] = request userdata} */
+
+/* A descriptor libcurl wants watched, as its socket callback last said. */
+typedef struct dh3_watch {
+  curl_socket_t fd;
+  int events;  /* DH3_WATCH_READ | DH3_WATCH_WRITE; 0: removed (dropped once reported) */
+  int changed; /* not yet reported by engine:watched() */
+} dh3_watch;
+#define DH3_WATCH_READ 1
+#define DH3_WATCH_WRITE 2
 
 struct dh3_engine {
   CURLM *multi;
@@ -50,6 +63,18 @@ struct dh3_engine {
   size_t max_body;
   long max_connections;
   int closed;
+
+  /* socket-action mode (see "Socket-action mode" below): what libcurl's socket and timer
+     callbacks recorded, in C memory only */
+  int socket_mode;
+  dh3_watch *watch;      /* one entry per descriptor libcurl told us of */
+  int n_watch, cap_watch;
+  int n_changed;         /* entries whose `changed` is set: what watched() reports */
+  double timer_at;       /* when libcurl wants a timeout action (dh3_util_now's clock); <0: never */
+  unsigned long timer_calls; /* times the timer callback ran */
+  struct pollfd *pfds;   /* perform's poll(2) set in this mode, grown as needed */
+  int cap_pfds;
+  int sock_oom;          /* a callback could not record: reported by the next call */
 };
 
 static const char *const dh3_engine_state_names[] = {
@@ -208,6 +233,12 @@ static void dh3_engine_close(lua_State *L, int idx, dh3_engine *e) {
   dh3_pool_close(&e->pool); /* requests still holding a header list keep it alive */
   if (e->multi != NULL) curl_multi_cleanup(e->multi);
   e->multi = NULL;
+  /* after the cleanup: libcurl's socket callback may still run inside it */
+  free(e->watch);
+  free(e->pfds);
+  e->watch = NULL;
+  e->pfds = NULL;
+  e->n_watch = e->cap_watch = e->n_changed = e->cap_pfds = 0;
   free(e->ua_header);
   free(e->ca_file);
   free(e->proxy);
@@ -242,8 +273,10 @@ static int dh3_engine_tostring(lua_State *L) {
 ** Creating
 ** ======================================================================= */
 static const char *const dh3_engine_fields[] = {
-  "user_agent", "ca_file", "proxy", "max_body", "max_connections", NULL
+  "user_agent", "ca_file", "proxy", "max_body", "max_connections", "socket_action", NULL
 };
+
+static void dh3_engine_use_sockets(dh3_engine *e);
 
 static const char *dh3_engine_opt_string(lua_State *L, const char *name) {
   const char *s;
@@ -284,11 +317,13 @@ static lua_Integer dh3_engine_opt_integer(lua_State *L, const char *name, lua_In
   return v;
 }
 
-/* core.engine{user_agent=, ca_file=, proxy=, max_body=, max_connections=} -> engine
-   Without user_agent, requests send no User-Agent (the Lua layer always gives one). */
+/* core.engine{user_agent=, ca_file=, proxy=, max_body=, max_connections=, socket_action=}
+   -> engine. Without user_agent, requests send no User-Agent (the Lua layer always gives
+   one). socket_action = true: the engine runs in socket-action mode from the start. */
 int dh3_engine_new(lua_State *L) {
   const char *user_agent, *ca_file, *proxy;
   lua_Integer max_body, max_connections;
+  int socket_action;
   dh3_engine *e;
   if (lua_isnoneornil(L, 1)) {
     lua_settop(L, 0);
@@ -303,9 +338,16 @@ int dh3_engine_new(lua_State *L) {
                                     DH3_MAX_BODY_LIMIT);
   max_connections = dh3_engine_opt_integer(L, "max_connections", DH3_DEFAULT_MAX_CONNECTIONS,
                                            1, 100000);
+  lua_pushstring(L, "socket_action");
+  lua_rawget(L, 1);
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN)
+    luaL_argerror(L, 1, "field 'socket_action' must be a boolean");
+  socket_action = lua_toboolean(L, -1);
+  lua_pop(L, 1);
 
   e = (dh3_engine *)lua_newuserdatauv(L, sizeof(*e), 1);
   memset(e, 0, sizeof(*e));
+  e->timer_at = -1.0;
   lua_newtable(L);
   lua_setiuservalue(L, -2, DH3_ENGINE_UV_ANCHORS);
   /* from here the finalizer owns whatever we attach: any error below frees it */
@@ -334,6 +376,7 @@ int dh3_engine_new(lua_State *L) {
      connection cache that keep-alive reuse draws from */
   curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, e->max_connections);
+  if (socket_action) dh3_engine_use_sockets(e);
   return 1;
 }
 /* }====================================================================== */
@@ -411,11 +454,305 @@ static int dh3_engine_collect(dh3_engine *e) {
   return moved;
 }
 
+/* {======================================================================
+** Socket-action mode
+**
+** For a host with an event loop of its own (libuv, an engine's reactor): libcurl's
+** multi-socket interface. Its socket and timer callbacks below only write C memory: which
+** descriptors want which events (e->watch) and when libcurl wants a timeout action
+** (e->timer_at). No Lua runs in them. The host reads that through engine:watched() and
+** engine:timeout(), watches the descriptors itself, and calls engine:socket_action(fd,
+** events) when one is ready and engine:socket_action() when the timer is due; both run
+** curl_multi_socket_action and move finished transfers to the done queue as perform does.
+**
+** In this mode curl_multi_perform is never called (the two interfaces are not mixed on one
+** multi handle). engine:perform keeps its meaning, so update(), run() and every blocking
+** call work unchanged: it polls the recorded descriptors (and the caller's own) with
+** poll(2), for at most its timeout and never past libcurl's timer, and acts on what is
+** ready. A host that drives the engine itself never has to call it, but may.
+** ======================================================================= */
+
+static dh3_watch *dh3_engine_find_watch(dh3_engine *e, curl_socket_t fd) {
+  int i;
+  for (i = 0; i < e->n_watch; i++)
+    if (e->watch[i].fd == fd) return &e->watch[i];
+  return NULL;
+}
+
+/* CURLMOPT_SOCKETFUNCTION: records, nothing else (libcurl: do not call it back from here) */
+static int dh3_engine_on_socket(CURL *easy, curl_socket_t fd, int what, void *clientp,
+                                void *socketp) {
+  dh3_engine *e = (dh3_engine *)clientp;
+  dh3_watch *w = dh3_engine_find_watch(e, fd);
+  int events = 0;
+  (void)easy;
+  (void)socketp;
+  if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= DH3_WATCH_READ;
+  if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= DH3_WATCH_WRITE;
+  if (w == NULL) {
+    if (events == 0) return 0; /* removing what we never recorded */
+    if (e->n_watch == e->cap_watch) {
+      int cap = e->cap_watch > 0 ? e->cap_watch * 2 : 8;
+      dh3_watch *grown = (dh3_watch *)realloc(e->watch, (size_t)cap * sizeof(*grown));
+      if (grown == NULL) {
+        e->sock_oom = 1;
+        return -1; /* libcurl fails the transfers of this multi handle */
+      }
+      e->watch = grown;
+      e->cap_watch = cap;
+    }
+    w = &e->watch[e->n_watch++];
+    w->fd = fd;
+    w->events = -1; /* differs from any events: counted as a change below */
+    w->changed = 0;
+  }
+  if (w->events != events) {
+    w->events = events;
+    if (!w->changed) {
+      w->changed = 1;
+      e->n_changed++;
+    }
+  }
+  return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: records the deadline (-1: no timer) */
+static int dh3_engine_on_timer(CURLM *multi, long timeout_ms, void *clientp) {
+  dh3_engine *e = (dh3_engine *)clientp;
+  (void)multi;
+  e->timer_calls++;
+  e->timer_at = timeout_ms < 0 ? -1.0 : dh3_util_now() + (double)timeout_ms / 1000.0;
+  return 0;
+}
+
+static void dh3_engine_use_sockets(dh3_engine *e) {
+  if (e->socket_mode) return;
+  curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, dh3_engine_on_socket);
+  curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, (void *)e);
+  curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, dh3_engine_on_timer);
+  curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, (void *)e);
+  e->socket_mode = 1;
+  e->timer_at = -1.0;
+}
+
+/* One curl_multi_socket_action (fd CURL_SOCKET_TIMEOUT: the timer's), then the finished
+   transfers to the done queue. */
+static CURLMcode dh3_engine_act(dh3_engine *e, curl_socket_t fd, int ev_bitmask) {
+  int running = 0;
+  CURLMcode mc;
+  if (fd == CURL_SOCKET_TIMEOUT) {
+    unsigned long calls = e->timer_calls;
+    mc = curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    if (e->timer_calls == calls && mc == CURLM_OK) {
+      /* libcurl calls the timer callback only when its next expiry changes: had it not, the
+         expired deadline would stay and be fired again and again. Ask it instead. */
+      long ms = -1;
+      if (curl_multi_timeout(e->multi, &ms) == CURLM_OK)
+        e->timer_at = ms < 0 ? -1.0 : dh3_util_now() + (double)ms / 1000.0;
+    }
+  } else {
+    mc = curl_multi_socket_action(e->multi, fd, ev_bitmask, &running);
+  }
+  dh3_engine_collect(e);
+  return mc;
+}
+
+/* Waits at most ms (never past libcurl's timer) for the recorded descriptors and the
+   caller's extra[] with poll(2), then acts on every ready descriptor and on the timer if it
+   is due. extra[].revents say which of the caller's are ready. Returns CURLM_OK, or the
+   first failure (CURLM_OUT_OF_MEMORY when the poll set cannot grow). */
+static CURLMcode dh3_engine_sock_step(dh3_engine *e, int ms, struct curl_waitfd *extra,
+                                      unsigned int n_extra) {
+  int n = 0, i, rc;
+  unsigned int k;
+  CURLMcode mc = CURLM_OK;
+  int need = e->n_watch + (int)n_extra;
+  if (need > e->cap_pfds) {
+    struct pollfd *grown = (struct pollfd *)realloc(e->pfds, (size_t)need * sizeof(*grown));
+    if (grown == NULL) return CURLM_OUT_OF_MEMORY;
+    e->pfds = grown;
+    e->cap_pfds = need;
+  }
+  for (i = 0; i < e->n_watch; i++) {
+    short events = 0;
+    if (e->watch[i].events <= 0) continue;
+    if (e->watch[i].events & DH3_WATCH_READ) events |= POLLIN;
+    if (e->watch[i].events & DH3_WATCH_WRITE) events |= POLLOUT;
+    e->pfds[n].fd = (int)e->watch[i].fd;
+    e->pfds[n].events = events;
+    e->pfds[n].revents = 0;
+    n++;
+  }
+  for (k = 0; k < n_extra; k++) {
+    e->pfds[n + (int)k].fd = (int)extra[k].fd;
+    e->pfds[n + (int)k].events = POLLIN;
+    e->pfds[n + (int)k].revents = 0;
+    extra[k].revents = 0;
+  }
+  if (e->timer_at >= 0) {
+    double until = e->timer_at - dh3_util_now();
+    if (until <= 0) {
+      ms = 0;
+    } else if (until * 1000.0 < (double)ms) {
+      ms = (int)(until * 1000.0) + 1; /* rounded up: woken early, the timer is not yet due */
+    }
+  }
+  if (ms < 0) ms = 0;
+  rc = poll(n + (int)n_extra > 0 ? e->pfds : NULL, (nfds_t)(n + (int)n_extra), ms);
+  if (rc < 0 && errno != EINTR) return CURLM_INTERNAL_ERROR;
+  if (rc > 0) {
+    for (k = 0; k < n_extra; k++)
+      if (e->pfds[n + (int)k].revents != 0) extra[k].revents = CURL_WAIT_POLLIN;
+    /* acting may change e->watch; e->pfds is ours and stays as polled */
+    for (i = 0; i < n; i++) {
+      short re = e->pfds[i].revents;
+      int ev = 0;
+      CURLMcode m;
+      if (re == 0) continue;
+      if (re & (POLLIN | POLLHUP)) ev |= CURL_CSELECT_IN;
+      if (re & POLLOUT) ev |= CURL_CSELECT_OUT;
+      if (re & (POLLERR | POLLNVAL)) ev |= CURL_CSELECT_ERR;
+      m = dh3_engine_act(e, (curl_socket_t)e->pfds[i].fd, ev);
+      if (m != CURLM_OK && mc == CURLM_OK) mc = m;
+    }
+  }
+  if (e->timer_at >= 0 && e->timer_at <= dh3_util_now()) {
+    CURLMcode m = dh3_engine_act(e, CURL_SOCKET_TIMEOUT, 0);
+    if (m != CURLM_OK && mc == CURLM_OK) mc = m;
+  }
+  return mc;
+}
+
+static void dh3_engine_check_sockets(lua_State *L, dh3_engine *e) {
+  if (!e->socket_mode)
+    luaL_error(L, "dh3.engine: not in socket-action mode (core.engine{socket_action = true} "
+                  "or engine:use_socket_action())");
+  if (e->sock_oom) {
+    e->sock_oom = 0;
+    luaL_error(L, "dh3.engine: out of memory recording a socket");
+  }
+}
+
+/* engine:use_socket_action() switches to socket-action mode (for good). Only while nothing
+   is in flight: libcurl reports a socket when its wants change, so the sockets of transfers
+   started before would never be reported. */
+static int dh3_engine_use_socket_action(lua_State *L) {
+  dh3_engine *e = dh3_engine_check(L, 1);
+  if (!e->socket_mode && e->n_active > 0)
+    return luaL_error(L, "dh3.engine: use_socket_action: transfers are in flight");
+  dh3_engine_use_sockets(e);
+  return 0;
+}
+
+/* engine:socket_mode() -> whether the engine is in socket-action mode */
+static int dh3_engine_socket_mode(lua_State *L) {
+  lua_pushboolean(L, dh3_engine_check(L, 1)->socket_mode);
+  return 1;
+}
+
+static const char *const dh3_engine_event_names[] = { "", "r", "w", "rw" };
+
+/*
+** engine:watched(t [, all]) -> n
+** The descriptors whose wanted events changed since the last call (all of them with `all`),
+** written into t as t[1], t[2] = fd, events ... t[2n-1], t[2n], then t[2n+1] = nil. events is
+** "r", "w" or "rw" (as luv's poll handles take them) or "" when the descriptor is no longer to
+** be watched. Allocates nothing when nothing changed (t is then left as it is), and nothing
+** once t has held that many entries.
+*/
+static int dh3_engine_watched(lua_State *L) {
+  dh3_engine *e = dh3_engine_check(L, 1);
+  int all = lua_toboolean(L, 3);
+  lua_Integer k = 0;
+  int i, j;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  dh3_engine_check_sockets(L, e);
+  if (e->n_changed == 0 && !all) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  for (i = 0; i < e->n_watch; i++) {
+    dh3_watch *w = &e->watch[i];
+    if (!w->changed && !all) continue;
+    if (!w->changed && w->events <= 0) continue;
+    lua_pushinteger(L, (lua_Integer)w->fd);
+    lua_rawseti(L, 2, ++k);
+    lua_pushstring(L, dh3_engine_event_names[w->events > 0 ? w->events : 0]);
+    lua_rawseti(L, 2, ++k);
+  }
+  lua_pushnil(L);
+  lua_rawseti(L, 2, k + 1);
+  /* reported: clear the marks, drop the removed */
+  for (i = j = 0; i < e->n_watch; i++) {
+    e->watch[i].changed = 0;
+    if (e->watch[i].events > 0) e->watch[j++] = e->watch[i];
+  }
+  e->n_watch = j;
+  e->n_changed = 0;
+  lua_pushinteger(L, k / 2);
+  return 1;
+}
+
+/* engine:timeout() -> seconds until libcurl wants engine:socket_action() (0: now), or nil */
+static int dh3_engine_timeout(lua_State *L) {
+  dh3_engine *e = dh3_engine_check(L, 1);
+  double left;
+  dh3_engine_check_sockets(L, e);
+  if (e->timer_at < 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  left = e->timer_at - dh3_util_now();
+  lua_pushnumber(L, left > 0 ? (lua_Number)left : 0);
+  return 1;
+}
+
+/*
+** engine:socket_action(fd, events) -> in_flight, done_waiting
+** engine:socket_action() -> in_flight, done_waiting
+** Tells libcurl that fd is ready (events: a string of "r", "w", "e" for an error, as luv's
+** poll callback gives them; "" or nil: look at it anyway), or, with no fd, that its timer
+** fired. Finished transfers go to the done queue (engine:next_done hands them out).
+*/
+static int dh3_engine_socket_action_l(lua_State *L) {
+  dh3_engine *e = dh3_engine_check(L, 1);
+  CURLMcode mc;
+  dh3_engine_check_sockets(L, e);
+  if (lua_isnoneornil(L, 2)) {
+    mc = dh3_engine_act(e, CURL_SOCKET_TIMEOUT, 0);
+  } else {
+    lua_Integer fd = luaL_checkinteger(L, 2);
+    const char *ev = luaL_optstring(L, 3, "");
+    int mask = 0;
+    luaL_argcheck(L, fd >= 0 && fd <= INT_MAX, 2, "not a file descriptor");
+    for (; *ev != '\0'; ev++) {
+      if (*ev == 'r') {
+        mask |= CURL_CSELECT_IN;
+      } else if (*ev == 'w') {
+        mask |= CURL_CSELECT_OUT;
+      } else if (*ev == 'e') {
+        mask |= CURL_CSELECT_ERR;
+      } else {
+        return luaL_argerror(L, 3, "events must be made of 'r', 'w' and 'e'");
+      }
+    }
+    mc = dh3_engine_act(e, (curl_socket_t)fd, mask);
+  }
+  if (e->sock_oom) dh3_engine_check_sockets(L, e);
+  if (mc != CURLM_OK)
+    return luaL_error(L, "dh3.engine: curl_multi_socket_action: %s", curl_multi_strerror(mc));
+  lua_pushinteger(L, e->n_active);
+  lua_pushinteger(L, e->n_done);
+  return 2;
+}
+/* }====================================================================== */
+
 /*
 ** engine:perform([timeout [, fds [, ready]]]) -> number of transfers still in flight, fds_ready
 ** Performs, moves finished transfers to the done queue, and when nothing finished and
 ** nothing waits for delivery, waits in curl_multi_poll and performs again, until the
-** deadline. Never blocks longer than timeout (0 = never waits). With no transfers at
+** deadline (in socket-action mode: poll(2) on the recorded descriptors, then
+** curl_multi_socket_action on the ready ones and on the timer when due). Never blocks longer than timeout (0 = never waits). With no transfers at
 ** all, curl_multi_poll simply sleeps: the Lua layer's sleep. Allocates nothing.
 ** fds, optional: an array of file descriptors of the caller's own (a webhook receiver's
 ** sockets) to wait on as well, for reading: the wait ends when one is ready (fds_ready is
@@ -485,7 +822,26 @@ static int dh3_engine_perform(lua_State *L) {
   }
   if (timeout < 0) timeout = 0;
   deadline = dh3_util_now() + (double)timeout;
-  for (;;) {
+  if (e->socket_mode) {
+    /* the same loop over poll(2) of the recorded descriptors (see "Socket-action mode") */
+    int ms = 0;
+    for (;;) {
+      double remaining;
+      unsigned int k;
+      CURLMcode mc = dh3_engine_sock_step(e, ms, extra, n_extra);
+      if (e->sock_oom) dh3_engine_check_sockets(L, e);
+      if (mc != CURLM_OK)
+        return luaL_error(L, "dh3.engine: curl_multi_socket_action: %s", curl_multi_strerror(mc));
+      looked = 1;
+      for (k = 0; k < n_extra; k++)
+        if (extra[k].revents != 0) fds_ready = 1;
+      if (e->n_done > 0 || timeout <= 0 || fds_ready) break;
+      remaining = deadline - dh3_util_now();
+      if (remaining <= 0) break;
+      ms = remaining >= (double)(INT_MAX / 1000) ? INT_MAX : (int)(remaining * 1000.0);
+    }
+  }
+  while (!e->socket_mode) {
     int running = 0;
     double remaining;
     int ms;
@@ -632,6 +988,11 @@ static const luaL_Reg dh3_engine_methods[] = {
   {"perform", dh3_engine_perform},
   {"next_done", dh3_engine_next_done},
   {"pending", dh3_engine_pending},
+  {"use_socket_action", dh3_engine_use_socket_action},
+  {"socket_mode", dh3_engine_socket_mode},
+  {"watched", dh3_engine_watched},
+  {"timeout", dh3_engine_timeout},
+  {"socket_action", dh3_engine_socket_action_l},
   {"close", dh3_engine_close_l},
   {NULL, NULL}
 };

@@ -9,6 +9,7 @@ local scheduler = require "dh3.scheduler"
 local validate = require "dh3.validate"
 local task = require "dh3.task"
 local poller = require "dh3.poller"
+local compat = require "dh3.compat"
 
 local M = {}
 
@@ -33,7 +34,7 @@ local OPTIONS = {
   api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
   max_retries = "number", retry_delay = "number", create_qps = { "number", "boolean" },
   ca_file = "string", proxy = "string", user_agent = "string", on_request = "function",
-  journal = "string",
+  journal = "string", loop = "string",
 }
 
 local DEFAULTS = { timeout = 60, connect_timeout = 10, max_retries = 3, retry_delay = 0.5 }
@@ -76,7 +77,7 @@ function M.new(opts, version, stand_in)
   check_text("journal", opts.journal)
   local qps = opts.create_qps
   if qps == nil or qps == true then qps = contract.CREATE_QPS end
-  if qps ~= false and (math.type(qps) ~= "integer" or qps < 1) then
+  if qps ~= false and (not compat.is_integer(qps) or qps < 1) then
     error("dh3.new: create_qps must be a whole number >= 1, or false", 2)
   end
 
@@ -93,6 +94,10 @@ function M.new(opts, version, stand_in)
       .. errors.sanitize(base_url, 100))
   end
 
+  if opts.loop ~= nil and opts.loop ~= "host" then
+    error('dh3.new: loop must be "host" (or left out)', 2)
+  end
+
   local journal
   if opts.journal then
     local jerr
@@ -105,6 +110,8 @@ function M.new(opts, version, stand_in)
     -- with (200 bytes more in every request, and more than a server needs to know)
     user_agent = opts.user_agent or ("dh3-lua/" .. version .. " " .. core.curl_version:match("^%S+")),
     ca_file = opts.ca_file, proxy = opts.proxy,
+    -- loop = "host": libcurl's socket-action mode from the start (see Client:use_host_loop)
+    socket_action = opts.loop == "host" or nil,
   }
   base_url = base_url:gsub("/+$", "")
   local self = setmetatable({
@@ -290,7 +297,15 @@ function Client:wait_all(tasks, opts)
 end
 
 --- Iterates over tasks as they end: for task, err in client:as_completed(tasks, opts) do ... end
+-- Plain Lua 5.1 cannot yield from an iterator called by a generic for: there, inside a spawned
+-- coroutine, it raises at once (rather than at the first wait, with a message about C-call
+-- boundaries); the loop that works everywhere is `local group = client:watch(tasks)` and
+-- `while true do local t, err = group:next() if not t then break end ... end`.
 function Client:as_completed(tasks, opts)
+  if not compat.ITERATOR_CAN_YIELD and self:_scheduler():context() then
+    error("client:as_completed: on Lua 5.1 a for loop cannot wait inside a spawned coroutine; "
+      .. "use local group = client:watch(tasks) and call group:next() until it returns nil", 2)
+  end
   local group = poller.watch(self, tasks, opts, 3)
   return function() return group:next() end
 end
@@ -328,6 +343,98 @@ end
 --- Blocks until nothing is pending.
 function Client:run()
   return self:_scheduler():run()
+end
+
+--- Your own event loop (see README, "Your own event loop"): the client's engine switches to
+-- libcurl's socket-action mode (a client made with loop = "host" starts in it). Nothing may be
+-- in flight. update(), run() and blocking calls keep working in that mode.
+function Client:use_host_loop()
+  local engine = self:_scheduler().engine
+  if not engine:socket_mode() then engine:use_socket_action() end
+end
+
+--- The descriptors whose wanted events changed since the last call (every watched one with
+-- `all`), into the table `t`: t[1], t[2] = fd, events ... up to t[2n]; events is "r", "w", "rw",
+-- or "" when the descriptor is no longer to be watched. Returns n. Allocates nothing when
+-- nothing changed. A closed client reports nothing.
+function Client:watched(t, all)
+  if type(t) ~= "table" then
+    error(("bad argument #1 to 'watched' (table expected, got %s)"):format(type(t)), 2)
+  end
+  if self._closed then return 0 end
+  local sched = self._sched
+  local n = sched.engine:watched(t, all)
+  local k, count = 2 * n, n
+  -- the descriptors of the client's own I/O (a webhook receiver's sockets), watched for reading:
+  -- [fd] = the mark of the last call that saw it (two marks take turns, so that the ones gone
+  -- are found without making a table)
+  local seen = self._host_fds
+  if not seen then
+    if not sched.sources[1] then return n end
+    seen = {}
+    self._host_fds = seen
+  end
+  local mark = not self._host_mark
+  self._host_mark = mark
+  for _, src in ipairs(sched.sources) do
+    local set = src:wait_set()
+    for i = 1, #set do
+      local fd = set[i]
+      if seen[fd] == nil or all then
+        t[k + 1], t[k + 2] = fd, "r"
+        k, count = k + 2, count + 1
+      end
+      seen[fd] = mark
+    end
+  end
+  for fd, m in pairs(seen) do
+    if m ~= mark then
+      seen[fd] = nil -- clearing a field during the traversal is allowed
+      -- closed, its number may already be libcurl's again: then libcurl's entry above stands
+      local reused = false
+      for i = 1, 2 * n, 2 do
+        if t[i] == fd then reused = true end
+      end
+      if not reused then
+        t[k + 1], t[k + 2] = fd, ""
+        k, count = k + 2, count + 1
+      end
+    end
+  end
+  if count > n then t[k + 1] = nil end
+  return count
+end
+
+--- Seconds until the client must be called (client:socket_action() with no descriptor): for
+-- libcurl's timer, the client's own timers (a sleeping coroutine, a back-off, pacing), or 0 when
+-- a coroutine is ready to run. nil: nothing to wake up for.
+function Client:next_timeout()
+  if self._closed then return nil end
+  local sched = self._sched
+  local t, own = sched.engine:timeout(), sched:next_wake()
+  if own and (t == nil or own < t) then t = own end
+  for _, src in ipairs(sched.sources) do -- a webhook receiver's deadlines (idle connections)
+    local _, limit = src:wait_set()
+    if limit and (t == nil or limit < t) then t = limit end
+  end
+  return t
+end
+
+--- Acts on a ready descriptor (fd, events: "r", "w", "rw", "e" for an error) or, with no fd, on
+-- the timer; then completions, coroutines and timers run as in update(). Returns what update()
+-- returns: the number of things pending.
+function Client:socket_action(fd, events)
+  local sched = self:_scheduler()
+  -- a webhook receiver's descriptor is served by update() itself
+  if fd ~= nil and not (self._host_fds and self._host_fds[fd]) then
+    sched.engine:socket_action(fd, events)
+  end
+  return sched:update()
+end
+
+--- True once the client is closed (a host loop's driver then lets go of it).
+function Client:is_closed()
+  return self._closed == true
 end
 
 --- Sets the function that receives errors raised in spawned coroutines: handler(err, co).
@@ -421,9 +528,13 @@ function Client:close()
   release(self)
 end
 
+-- `local client <close> = ...` closes it at the end of the block on Lua 5.4 only; other Luas
+-- have no to-be-closed variables.
 Client.__close = Client.close
 -- Collected: nothing can reach the client (nor any coroutine waiting on it) any more, so no one
 -- is left to receive an answer: everything is freed at once.
+-- Lua 5.1 and LuaJIT never run __gc for a table: there the engine and the journal (userdata)
+-- still free themselves when collected, but nothing else runs: call close() yourself.
 function Client:__gc()
   if not self._closed then release(self) end
 end

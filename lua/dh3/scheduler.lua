@@ -4,10 +4,14 @@
 -- same loop, so work in flight for other coroutines keeps moving meanwhile.
 local core = require "dh3.core"
 local heap = require "dh3.heap"
+local compat = require "dh3.compat"
 
 local M = {}
 
-local running, resume, yield, co_status = coroutine.running, coroutine.resume, coroutine.yield, coroutine.status
+-- compat.running: (co, is_main) on every Lua, and the spawned coroutine even from inside a
+-- compat.pcall on plain 5.1 (which runs its function in a coroutine of its own)
+local running, resume, yield, co_status = compat.running, coroutine.resume, coroutine.yield, coroutine.status
+local xpcall_args = compat.xpcall
 
 local Scheduler = {}
 Scheduler.__index = Scheduler
@@ -81,8 +85,11 @@ end
 -- the loop or the dh3 call that happened to be driving it (a create in flight must not die
 -- because a progress bar raised). Every function the user hands dh3 is called through here.
 -- Returns true when it ran to its end.
+-- A callback must not yield, nor call a dh3 function that waits from inside a spawned coroutine:
+-- on plain Lua 5.1 that is an error ("attempt to yield across metamethod/C-call boundary"),
+-- reported here like any other; elsewhere the yield would suspend the loop's caller.
 function Scheduler:call(fn, ...)
-  local ok, caught = xpcall(fn, with_traceback, ...)
+  local ok, caught = xpcall_args(fn, with_traceback, ...)
   if not ok then
     local co, is_main = running()
     self:report(caught[1], not is_main and co or nil, caught[2])
@@ -488,6 +495,19 @@ end
 function Scheduler:pending()
   local in_flight = self.engine:pending()
   return self.nthreads + in_flight
+end
+
+--- Seconds until the scheduler has something to run by itself: 0 when a coroutine is ready,
+-- else until its first timer (cancelled timers at the top are dropped, so they wake no one), or
+-- nil when it has none. For a host loop's timer (Client:next_timeout).
+function Scheduler:next_wake()
+  if self.ready[1] then return 0 end
+  local timers = self.timers
+  while timers[1] and timers[1].cancelled do heap.pop(timers) end
+  local timer = timers[1]
+  if not timer then return nil end
+  local left = timer.at - self.now()
+  return left > 0 and left or 0
 end
 
 --- Advances everything without waiting; returns the number of things pending.
