@@ -59,10 +59,13 @@ LUAS_DEB_PACKAGES ?= lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.
 # host that links Lua 5.4 and lua-cjson statically (make embed, spec/embed_spec.lua), and luv's
 # loop, bare (spec/luv_spec.lua) and in Neovim (spec/nvim_spec.lua): for tests and the optional
 # dh3.luv only, never needed at run time.
-ENGINE_DEB_PACKAGES ?= love xvfb xauth lua-cjson-dev lua-luv neovim
-DEB_PACKAGES ?= lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket lua-zlib \
-                lua-argparse luarocks pkg-config gcc make tmux lua-sec openssl lua-check bc $(LUAS_DEB_PACKAGES) \
-                $(ENGINE_DEB_PACKAGES)
+DEB_PACKAGES ?= lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-cjson-dev lua-busted lua-socket \
+                lua-zlib lua-argparse luarocks pkg-config gcc make tmux lua-sec openssl lua-check bc \
+                $(LUAS_DEB_PACKAGES)
+# Only the specs need these (the engines dh3 is proven in: LÖVE under Xvfb, Neovim, luv): installed
+# by `make test` (and asan, valgrind) the way `make deps` installs the rest, not by `make`.
+ENGINE_DEB_PACKAGES ?= love xvfb xauth lua-luv neovim
+TEST_DEPS_STAMP     ?= .deps-test-ok
 DEPS_STAMP   ?= .deps-ok
 
 SRCS    = $(wildcard src/*.c)
@@ -73,7 +76,7 @@ CORE    = $(CORE_DIR)/dh3/core.so
 # what `make test` and friends give the specs: where this Lua's dh3.core is
 SPEC_ENV ?= DH3_SPEC_CPATH='$(CORE_DIR)/?.so'
 
-.PHONY: all deps test demo asan valgrind bench clean rock fuzz smoke lint embed
+.PHONY: all deps test-deps test demo asan valgrind bench clean rock fuzz smoke lint embed
 
 all: $(DEPS_STAMP) $(CORE)
 
@@ -96,6 +99,9 @@ $(DEPS_STAMP): Makefile
 deps:
 	@rm -f $(DEPS_STAMP); $(MAKE) --no-print-directory $(DEPS_STAMP)
 
+test-deps:
+	@$(MAKE) --no-print-directory $(TEST_DEPS_STAMP) DEPS_STAMP=$(TEST_DEPS_STAMP) DEB_PACKAGES="$(ENGINE_DEB_PACKAGES)"
+
 $(OBJDIR)/%.o: src/%.c $(HEADERS) | $(DEPS_STAMP)
 	@mkdir -p $(OBJDIR)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
@@ -105,7 +111,7 @@ $(CORE): $(OBJS)
 	$(CC) -shared $(LDFLAGS) -o $@ $(OBJS) $(CURL_LIBS)
 
 # The spec files run SPEC_JOBS at a time (spec/run.sh), each cut at SPEC_TIMEOUT seconds.
-test: all
+test: all test-deps
 	$(SPEC_ENV) DH3_SPEC_LUA='$(LUA)' spec/run.sh $(SPEC_JOBS) $(SPEC_TIMEOUT) $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) -- $(SPECS)
 
 demo: all
@@ -133,7 +139,7 @@ ASAN_OBJDIR ?= build-asan
 else
 ASAN_OBJDIR ?= build-asan/$(LUA_NAME)
 endif
-asan: $(DEPS_STAMP)
+asan: $(DEPS_STAMP) test-deps
 	$(MAKE) --no-print-directory clean-core
 	$(MAKE) --no-print-directory $(CORE) OBJDIR=$(ASAN_OBJDIR) CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined"
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
@@ -160,7 +166,7 @@ lint: $(DEPS_STAMP)
 # Under the sanitizers and valgrind a run is several times slower: fewer at once, more time each.
 CHECK_JOBS    ?= 2
 CHECK_TIMEOUT ?= 1800
-valgrind: all
+valgrind: all test-deps
 	DH3_SPEC_GC=$(DH3_SPEC_GC) $(SPEC_ENV) spec/run.sh $(CHECK_JOBS) $(CHECK_TIMEOUT) \
 	  valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	  --suppressions=spec/valgrind.supp --trace-children=no \
@@ -284,4 +290,4 @@ clean-core:
 
 # every Lua's build
 clean:
-	rm -rf $(OBJDIR) build build-asan dh3 $(DEPS_STAMP)
+	rm -rf $(OBJDIR) build build-asan dh3 $(DEPS_STAMP) $(TEST_DEPS_STAMP)
