@@ -2,13 +2,17 @@
 -- then all are waited on at once, and each image is downloaded as soon as its task ends, while
 -- the others keep being polled.
 --
--- Run from the source tree: lua5.4 examples/batch.lua [prompts-file [output-folder]]
+-- Run from the source tree: lua5.4 examples/batch.lua [prompts-file [output-folder]] (or luajit,
+-- lua5.1 ... once `make LUA=...` has built the core for it)
 -- (an empty prompts-file argument means the built-in list)
 -- The prompts file has one prompt a line (blank lines and # comments skipped); without one, a
 -- built-in list is used. Against a service: set DH3_API_KEY and DH3_BASE_URL; otherwise it starts
 -- a local dh3-emulator.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-package.cpath = "./?.so;" .. package.cpath
+-- this Lua's build of the C core (see the Makefile): ./dh3/core.so for Lua 5.4 (`make`),
+-- build/<lua>/dh3/core.so for the others (`make LUA=luajit`, `make LUA=lua5.1`, ...)
+local lua_name = type(jit) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
+package.cpath = (lua_name == "lua5.4" and "./?.so;" or "build/" .. lua_name .. "/?.so;") .. package.cpath
 
 local dh3 = require "dh3"
 local now = dh3.now -- a monotonic clock in seconds
@@ -38,12 +42,16 @@ if os.getenv("DH3_BASE_URL") then
   key, url = os.getenv("DH3_API_KEY"), os.getenv("DH3_BASE_URL")
 else
   key = "batch-key"
-  emu = assert(require("dh3.emulator.process").start{ "--keys", key, "--queue-time", "0.5", "--process-time", "1.5" })
+  -- the tree's launcher, which finds the tree's modules from any Lua (the emulator runs on lua5.4)
+  emu = assert(require("dh3.emulator.process").start({ "--keys", key, "--queue-time", "0.5", "--process-time", "1.5" },
+    { bin = "bin/dh3-emulator" }))
   url = emu.url
 end
 
+-- closed below whatever happens (`local client <close>` would do it, on Lua 5.4 only)
+local client
 local function main()
-  local client <close> = assert(dh3.new{ api_key = key, base_url = url })
+  client = assert(dh3.new{ api_key = key, base_url = url })
   os.execute("mkdir -p '" .. out_dir:gsub("'", "") .. "'")
   local start = now()
   local tasks, prompt_of = {}, {}
@@ -73,6 +81,7 @@ local function main()
 end
 
 local ok, err = pcall(main)
+if client then client:close() end
 if emu then emu:stop() end
 if not ok then
   io.stderr:write("batch failed: ", tostring(err), "\n")

@@ -1,8 +1,12 @@
 -- make demo: a real image generated end to end. Starts a local dh3-emulator, creates a task with
 -- the client, shows it moving through its states, saves the image, and stops the emulator.
--- Run from the source tree: lua5.4 examples/demo.lua [output-folder]
+-- Run from the source tree: lua5.4 examples/demo.lua [output-folder] (or luajit, lua5.1 ... once
+-- `make LUA=...` has built the core for it; the emulator itself always runs on lua5.4)
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-package.cpath = "./?.so;" .. package.cpath
+-- this Lua's build of the C core (see the Makefile): ./dh3/core.so for Lua 5.4 (`make`),
+-- build/<lua>/dh3/core.so for the others (`make LUA=luajit`, `make LUA=lua5.1`, ...)
+local lua_name = type(jit) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
+package.cpath = (lua_name == "lua5.4" and "./?.so;" or "build/" .. lua_name .. "/?.so;") .. package.cpath
 
 local dh3 = require "dh3"
 local process = require "dh3.emulator.process"
@@ -10,11 +14,15 @@ local process = require "dh3.emulator.process"
 local out_dir = arg[1] or "out"
 local key = "demo-key"
 
-local emu = assert(process.start{ "--keys", key, "--queue-time", "1", "--process-time", "2" })
+-- the tree's launcher, which finds the tree's modules from any Lua (the emulator runs on lua5.4)
+local emu = assert(process.start({ "--keys", key, "--queue-time", "1", "--process-time", "2" },
+  { bin = "bin/dh3-emulator" }))
 print(("dh3 %s: emulator at %s"):format(dh3.VERSION, emu.url))
 
+-- closed below whatever happens (`local client <close>` would do it, on Lua 5.4 only)
+local client
 local function main()
-  local client <close> = assert(dh3.new{ api_key = key, base_url = emu.url })
+  client = assert(dh3.new{ api_key = key, base_url = emu.url })
   local task = assert(client:create{
     prompt = "a lighthouse at dawn, watercolor",
     aspect_ratio = "16:9",
@@ -38,6 +46,7 @@ local function main()
 end
 
 local ok, err = pcall(main)
+if client then client:close() end
 emu:stop()
 if not ok then
   io.stderr:write("demo failed: ", tostring(err), "\n")

@@ -5,10 +5,14 @@
 -- loading a texture would. At the end it prints how many frames ran and the longest one: the
 -- network never made a frame late.
 --
--- Run from the source tree: lua5.4 examples/frame_loop.lua
+-- Run from the source tree: lua5.4 examples/frame_loop.lua (or luajit, lua5.1 ... once
+-- `make LUA=...` has built the core for it)
 -- Against a service: set DH3_API_KEY and DH3_BASE_URL; otherwise it starts a local dh3-emulator.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-package.cpath = "./?.so;" .. package.cpath
+-- this Lua's build of the C core (see the Makefile): ./dh3/core.so for Lua 5.4 (`make`),
+-- build/<lua>/dh3/core.so for the others (`make LUA=luajit`, `make LUA=lua5.1`, ...)
+local lua_name = type(jit) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
+package.cpath = (lua_name == "lua5.4" and "./?.so;" or "build/" .. lua_name .. "/?.so;") .. package.cpath
 
 local dh3 = require "dh3"
 local now = dh3.now -- a monotonic clock in seconds
@@ -21,19 +25,29 @@ if os.getenv("DH3_BASE_URL") then
   key, url = os.getenv("DH3_API_KEY"), os.getenv("DH3_BASE_URL")
 else
   key = "frame-loop-key"
-  emu = assert(require("dh3.emulator.process").start{ "--keys", key, "--queue-time", "0.5", "--process-time", "1" })
+  -- the tree's launcher, which finds the tree's modules from any Lua (the emulator runs on lua5.4)
+  emu = assert(require("dh3.emulator.process").start({ "--keys", key, "--queue-time", "0.5", "--process-time", "1" },
+    { bin = "bin/dh3-emulator" }))
   url = emu.url
 end
 
 -- What the game does with a texture once its bytes are in memory: here, read the PNG header.
+-- A big-endian 32-bit number at byte i of s.
+local function u32(s, i)
+  local a, b, c, d = s:byte(i, i + 3)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+
 local function upload_texture(name, bytes)
   local width, height = 0, 0
-  if bytes:sub(1, 8) == "\137PNG\r\n\26\n" then width, height = string.unpack(">I4I4", bytes, 17) end
+  if bytes:sub(1, 8) == "\137PNG\r\n\26\n" and #bytes >= 24 then width, height = u32(bytes, 17), u32(bytes, 21) end
   return ("%s: %dx%d, %d bytes"):format(name, width, height, #bytes)
 end
 
+-- closed below whatever happens (`local client <close>` would do it, on Lua 5.4 only)
+local client
 local function main()
-  local client <close> = assert(dh3.new{ api_key = key, base_url = url })
+  client = assert(dh3.new{ api_key = key, base_url = url })
   local frame, ready, failed = 0, 0, 0
   for i, prompt in ipairs(PROMPTS) do
     client:spawn(function()
@@ -71,6 +85,7 @@ local function main()
 end
 
 local ok, err = pcall(main)
+if client then client:close() end
 if emu then emu:stop() end
 if not ok then
   io.stderr:write("frame_loop failed: ", tostring(err), "\n")

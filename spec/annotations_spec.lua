@@ -143,7 +143,7 @@ describe("library/ (LuaLS definitions of the public API)", function()
 
   it("lists in dh3.ErrorKind exactly the kinds of the README's error table", function()
     local f = assert(io.open("README.md"))
-    local text = f:read("a")
+    local text = f:read("*a")
     f:close()
     local section = assert(text:match("\n### Errors\n(.-)\n##"), "README.md has no Errors section")
     local kinds = {}
@@ -204,9 +204,11 @@ describe("library/ (LuaLS definitions of the public API)", function()
       end
       add(client:task{ prompt = "no" }:create())                  -- refused locally
       add(failed_task:wait())                                      -- task_failed, task_id
-      local stranger <close> = assert(dh3.new{ api_key = "wrong", base_url = emu.url, max_retries = 0 })
+      local stranger = assert(dh3.new{ api_key = "wrong", base_url = emu.url, max_retries = 0 })
+      finally(function() stranger:close() end)
       add(stranger:create{ prompt = "with the wrong key" })        -- auth: http_status, code
-      local nowhere <close> = assert(dh3.new{ api_key = "k", base_url = "http://127.0.0.1:9", max_retries = 0 })
+      local nowhere = assert(dh3.new{ api_key = "k", base_url = "http://127.0.0.1:9", max_retries = 0 })
+      finally(function() nowhere:close() end)
       add(nowhere:create{ prompt = "to a closed port" })           -- network: curl_error
       emu:config{ fault_429 = 1 }
       add(client:create{ prompt = "paced out" })                   -- rate_limited: retry_after
@@ -226,8 +228,9 @@ describe("library/ (LuaLS definitions of the public API)", function()
     it("dh3.RequestInfo: what on_request receives", function()
       local names = {}
       for _, info in ipairs(infos) do exported(info, names) end
-      local stranger <close> = assert(dh3.new{ api_key = "wrong", base_url = emu.url, max_retries = 0,
+      local stranger = assert(dh3.new{ api_key = "wrong", base_url = emu.url, max_retries = 0,
         on_request = function(info) exported(info, names) end })
+      finally(function() stranger:close() end)
       stranger:create{ prompt = "refused, with its error kind" }
       same_names("dh3.RequestInfo", annotated("dh3.RequestInfo"), names)
     end)

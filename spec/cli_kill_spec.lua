@@ -5,6 +5,7 @@
 local emulator = require "helpers.emulator"
 local files = require "helpers.files"
 local cjson = require "cjson"
+local lua = require "helpers.lua"
 local sh = files.quote
 
 local PROMPTS = 12
@@ -54,16 +55,16 @@ describe("dh3 generate killed at any moment", function()
       local journal, out = dir .. "/journal", dir .. "/out/"
       local args = {}
       for i = 1, PROMPTS do args[i] = sh(("kill test %d {emu:file_name=image-%02d.png}"):format(i, i)) end
-      local p = assert(io.popen("echo $$; exec " .. env_prefix(emu) .. "lua5.4 bin/dh3 generate --json "
+      local p = assert(io.popen("echo $$; exec " .. env_prefix(emu) .. lua.cli .. " generate --json "
         .. table.concat(args, " ") .. " --journal " .. sh(journal) .. " --out " .. sh(out) .. " >/dev/null 2>&1"))
-      local pid = assert(tonumber(p:read("l")))
+      local pid = assert(tonumber(p:read("*l")))
       os.execute(("sleep %.3f"):format(at))
       os.execute("kill -9 " .. pid .. " 2>/dev/null")
       p:close()
 
-      local resumed = io.popen(env_prefix(emu) .. "lua5.4 bin/dh3 resume --json --journal " .. sh(journal)
+      local resumed = lua.popen(env_prefix(emu) .. lua.cli .. " resume --json --journal " .. sh(journal)
         .. " --out " .. sh(out) .. " 2>&1")
-      local log = resumed:read("a")
+      local log = resumed:read("*a")
       local ok = resumed:close()
       assert.is_true(ok, log)
 
@@ -78,8 +79,8 @@ describe("dh3 generate killed at any moment", function()
         assert.is_truthy(stem, "the prompt of " .. id .. " is in the journal")
         assert.is_true(saved[stem] == true, stem .. " of task " .. id .. " was saved\n" .. log)
       end
-      local pending = io.popen("lua5.4 bin/dh3 pending --json --journal " .. sh(journal) .. " 2>&1")
-      local listed = pending:read("a")
+      local pending = io.popen(lua.cli .. " pending --json --journal " .. sh(journal) .. " 2>&1")
+      local listed = pending:read("*a")
       pending:close()
       assert.is_nil(listed:find('"event":"pending"', 1, true), listed)
       files.rm_rf(dir)

@@ -1,9 +1,10 @@
--- The dh3 command line, run as a user runs it (lua5.4 bin/dh3 ...) against its own emulators:
+-- The dh3 command line, run as a user runs it (lua bin/dh3 ..., under the Lua being tested) against its own emulators:
 -- through a pipe for the JSON lines and the exit codes, in a real terminal (tmux) for the live
 -- display. Its text helpers and its display are also checked on their own.
 local emulator = require "helpers.emulator"
 local cjson = require "cjson"
 local files = require "helpers.files"
+local lua = require "helpers.lua"
 local sh, read_file, tmpdir = files.quote, files.read_file, files.tmpdir
 local now = require("dh3.core").now
 
@@ -14,15 +15,16 @@ local function env_words(env)
   return words
 end
 
--- Runs `lua5.4 bin/dh3 ARGS` with stdout a pipe. Returns {code, out, err, seconds, events}.
-local function dh3(env, ...)
+-- Runs the command line `cli` (a shell command) with ARGS, stdout a pipe. Returns {code, out, err,
+-- seconds, events}.
+local function run_cli(cli, env, ...)
   local words = env_words(env)
-  words[#words + 1] = "lua5.4 bin/dh3"
+  words[#words + 1] = cli
   for _, a in ipairs({ ... }) do words[#words + 1] = sh(a) end
   local errfile = os.tmpname()
   local start = now()
-  local p = assert(io.popen(table.concat(words, " ") .. " 2>" .. errfile))
-  local out = p:read("a")
+  local p = assert(lua.popen(table.concat(words, " ") .. " 2>" .. errfile))
+  local out = p:read("*a")
   local _, _, code = p:close()
   local run = { code = code, out = out, err = read_file(errfile), seconds = now() - start, events = {} }
   os.remove(errfile)
@@ -30,6 +32,11 @@ local function dh3(env, ...)
     if line:sub(1, 1) == "{" then run.events[#run.events + 1] = cjson.decode(line) end
   end
   return run
+end
+
+-- Runs `bin/dh3 ARGS` (lua.cli: under the Lua being tested).
+local function dh3(env, ...)
+  return run_cli(lua.cli, env, ...)
 end
 
 local function events_of(run, name)
@@ -65,13 +72,13 @@ local function journal_records(path)
   return records
 end
 
--- A lua5.4 of this tree in a child process, its pid known (the shell prints it, then becomes lua).
-local PRELUDE = 'package.path = "lua/?.lua;lua/?/init.lua;" .. package.path; '
-  .. 'package.cpath = "./?.so;" .. package.cpath; io.stdout:setvbuf("line"); '
+-- The Lua being tested, with this tree's modules, in a child process, its pid known (the shell
+-- prints it, then becomes lua); its pipe's close() says how it ended.
+local PRELUDE = 'io.stdout:setvbuf("line"); '
 
 local function child(script)
-  local pipe = assert(io.popen("echo $$; exec lua5.4 -e " .. sh(PRELUDE .. script) .. " 2>&1", "r"))
-  return { pid = assert(tonumber(pipe:read("l"))), pipe = pipe }
+  local pipe = assert(lua.popen("echo $$; exec " .. lua.command("-e", PRELUDE .. script) .. " 2>&1"))
+  return { pid = assert(tonumber(pipe:read("*l"))), pipe = pipe }
 end
 
 -- Leaves in the journal at `path` a create whose answer never came back (a process that died
@@ -82,7 +89,7 @@ local function unanswered_intent(path, prompt)
     print(assert(j:intent{ model = "nano-banana-pro", nano_banana_pro_input = { prompt = %q } }))
     j:close()
   ]]):format(path, prompt))
-  local lid = c.pipe:read("l")
+  local lid = c.pipe:read("*l")
   assert(c.pipe:close(), lid)
   return lid
 end
@@ -165,7 +172,14 @@ describe("the dh3 command", function()
       assert.are.equal(0, run.code)
       assert.matches("Usage: dh3 emulator", run.out, nil, true)
       assert.matches("Exit codes", run.out, nil, true)
-      run = dh3(nil, "emulator", "--help")
+      -- the emulator is Lua 5.4's: `dh3 emulator` runs under lua5.4 whichever Lua is tested, and
+      -- the other Luas refuse it, saying so
+      if lua.version ~= "5.4" then
+        local refused = dh3(nil, "emulator", "--help")
+        assert.are.equal(2, refused.code)
+        assert.matches("the emulator runs on Lua 5.4 only", refused.err, nil, true)
+      end
+      run = run_cli(sh(lua.emulator) .. " bin/dh3", nil, "emulator", "--help")
       assert.are.equal(0, run.code)
       assert.matches("--queue-time", run.out, nil, true)
       assert.matches("{emu:fail}", run.out, nil, true)
@@ -203,7 +217,7 @@ describe("the dh3 command", function()
         {},
         { "status", "../../etc/passwd" },
       }) do
-        local run = dh3(env, table.unpack(args))
+        local run = dh3(env, lua.unpack(args))
         assert.are.equal(2, run.code, table.concat(args, " ") .. ": " .. run.err)
         assert.matches("Error: ", run.err)
       end
@@ -230,7 +244,7 @@ describe("the dh3 command", function()
     it("3: a key the service refuses, and the key is printed nowhere", function()
       local key = "wrong-key-7c1f9e2a55"
       for _, args in ipairs({ { "generate", "a red door" }, { "status", "0123456789abcdef0123456789abcdef" } }) do
-        local run = dh3({ DH3_API_KEY = key, DH3_BASE_URL = emu.url }, table.unpack(args))
+        local run = dh3({ DH3_API_KEY = key, DH3_BASE_URL = emu.url }, lua.unpack(args))
         assert.are.equal(3, run.code, run.err)
         assert.matches("auth: invalid API key", run.err, nil, true)
         assert.is_nil((run.out .. run.err):find(key, 1, true))
@@ -479,7 +493,7 @@ describe("the dh3 command", function()
         { "pending", "--journal", dir .. "/no-such-journal" },
         { "resume", "--journal", dir .. "/no-such-journal" },
       }) do
-        local run = dh3(env, table.unpack(args))
+        local run = dh3(env, lua.unpack(args))
         local what = table.concat(args, " ")
         assert.are.equal(2, run.code, what .. ": " .. run.err)
         assert.matches("Usage: dh3 " .. args[1], run.err, nil, true)
@@ -498,7 +512,7 @@ describe("the dh3 command", function()
         print("holding")
         require("socket").sleep(30)
       ]]):format(path))
-      assert.are.equal("holding", holder.pipe:read("l"))
+      assert.are.equal("holding", holder.pipe:read("*l"))
       local before = requests(emu)
       local runs = {
         dh3(env, "resume", "--journal", path, "--out", dir .. "/out/"),
@@ -529,9 +543,9 @@ describe("the dh3 command", function()
     -- create has left (the intent is in the journal).
     local function generate_until_sent(emu, prompt, path, errfile)
       local words = env_words{ DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url }
-      local p = assert(io.popen("echo $$; exec " .. table.concat(words, " ") .. " lua5.4 bin/dh3 generate "
+      local p = assert(lua.popen("echo $$; exec " .. table.concat(words, " ") .. " " .. lua.cli .. " generate "
         .. sh(prompt) .. " --journal " .. sh(path) .. " 2>" .. sh(errfile)))
-      local pid = assert(tonumber(p:read("l")))
+      local pid = assert(tonumber(p:read("*l")))
       local deadline = now() + 10
       while not (read_file(path) or ""):find('"intent"', 1, true) and now() < deadline do
         os.execute("sleep 0.05")
@@ -545,7 +559,7 @@ describe("the dh3 command", function()
       local errfile = dir .. "/stderr"
       local p, pid = generate_until_sent(slow, "an interrupted create", path, errfile)
       os.execute("kill -INT " .. pid)
-      local stdout = p:read("a")
+      local stdout = p:read("*a")
       local _, _, code = p:close()
       local creates = slow:stats().creates
       slow:stop()
@@ -571,7 +585,7 @@ describe("the dh3 command", function()
       os.execute("kill -INT " .. pid)
       os.execute("sleep 0.3")
       os.execute("kill -INT " .. pid)
-      p:read("a")
+      p:read("*a")
       local _, how, signal = p:close()
       slow:stop()
       assert.are.equal("signal", how)
@@ -691,7 +705,7 @@ describe("the dh3 command", function()
     it("--timeout -5 is a bad value of --timeout, not an unknown option", function()
       for _, args in ipairs({ { "generate", "a red door", "--timeout", "-5" },
         { "wait", ("a"):rep(32), "--timeout", "-0.5" } }) do
-        local run = dh3(env, table.unpack(args))
+        local run = dh3(env, lua.unpack(args))
         assert.are.equal(2, run.code)
         assert.matches("--timeout must be a positive number of seconds, got '" .. args[4] .. "'", run.err, nil, true)
         assert.is_nil(run.err:find("unknown option", 1, true))
@@ -823,7 +837,7 @@ describe("the dh3 command", function()
         print("holding")
         require("socket").sleep(30)
       ]]):format(path))
-      assert.are.equal("holding", holder.pipe:read("l"))
+      assert.are.equal("holding", holder.pipe:read("*l"))
       local run = dh3(nil, "pending", "--journal", path, "--forget", lid)
       os.execute("kill -9 " .. holder.pid)
       holder.pipe:close()
@@ -835,9 +849,10 @@ describe("the dh3 command", function()
 
   describe("dh3 emulator", function()
     it("runs the emulator with its own flags and prints its listening line", function()
-      local p = assert(io.popen("echo $$; exec lua5.4 bin/dh3 emulator --host 127.0.0.1 --port 0 --queue-time 0"))
-      local pid = tonumber(p:read("l"))
-      local line = p:read("l")
+      -- the emulator is Lua 5.4's, whichever Lua runs the specs
+      local p = assert(io.popen("echo $$; exec " .. sh(lua.emulator) .. " bin/dh3 emulator --host 127.0.0.1 --port 0 --queue-time 0"))
+      local pid = tonumber(p:read("*l"))
+      local line = p:read("*l")
       os.execute("kill " .. pid)
       p:close()
       assert.matches("^listening on http://127%.0%.0%.1:%d+$", line)
@@ -848,7 +863,7 @@ end)
 describe("the dh3 command in a terminal (tmux)", function()
   local emu, out, tmux
   setup(function()
-    assert(os.execute("command -v tmux >/dev/null"), "this spec needs tmux (Debian package tmux)")
+    assert(lua.execute("command -v tmux >/dev/null"), "this spec needs tmux (Debian package tmux)")
     emu = emulator.start{ "--queue-time", "1", "--process-time", "2" }
     out = tmpdir()
     local stat = read_file("/proc/self/stat")
@@ -862,15 +877,15 @@ describe("the dh3 command in a terminal (tmux)", function()
 
   it("shows each task's state and elapsed time while waiting, then the saved path", function()
     local words = env_words{ DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url }
-    local cmd = table.concat(words, " ") .. " lua5.4 bin/dh3 generate " .. sh("a lighthouse at dawn") .. " "
+    local cmd = table.concat(words, " ") .. " " .. lua.cli .. " generate " .. sh("a lighthouse at dawn") .. " "
       .. sh("a broken vase {emu:fail}") .. " --out " .. sh(out .. "/") .. "; echo exit=$?; sleep 5"
-    assert(os.execute(("%s new-session -d -x 120 -y 30 -c %s %s"):format(tmux, sh(os.getenv("PWD") or "."), sh(cmd))))
+    assert(lua.execute(("%s new-session -d -x 120 -y 30 -c %s %s"):format(tmux, sh(os.getenv("PWD") or "."), sh(cmd))))
     local screens, final = {}, nil
     local deadline = now() + 10
     while now() < deadline do
       os.execute("sleep 0.3")
       local p = io.popen(tmux .. " capture-pane -p")
-      local screen = p:read("a")
+      local screen = p:read("*a")
       p:close()
       screens[#screens + 1] = screen
       if screen:find("exit=%d") then
@@ -928,7 +943,7 @@ describe("dh3.cli.format", function()
   }
   for _, row in ipairs(rows) do
     it(("%s(%s) is %q"):format(row[1], table.concat(row[3], ", "), row[4]), function()
-      assert.are.equal(row[4], row[2](table.unpack(row[3])))
+      assert.are.equal(row[4], row[2](lua.unpack(row[3])))
     end)
   end
 end)

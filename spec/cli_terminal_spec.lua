@@ -2,13 +2,14 @@
 -- of a given width), what reaches the screen, stdout and stderr together, is read back.
 local emulator = require "helpers.emulator"
 local files = require "helpers.files"
+local lua = require "helpers.lua"
 local sh, read_file, tmpdir = files.quote, files.read_file, files.tmpdir
 local now = require("dh3.core").now
 
 describe("the dh3 command on a terminal", function()
   local emu, out, tmux, env, sessions
   setup(function()
-    assert(os.execute("command -v tmux >/dev/null"), "this spec needs tmux (Debian package tmux)")
+    assert(lua.execute("command -v tmux >/dev/null"), "this spec needs tmux (Debian package tmux)")
     emu = emulator.start{ "--queue-time", "0", "--process-time", "0.3", "--create-qps", "0" }
     out = tmpdir()
     local stat = read_file("/proc/self/stat")
@@ -27,14 +28,14 @@ describe("the dh3 command on a terminal", function()
   local function on_screen(script, width)
     sessions = sessions + 1
     local name = "s" .. sessions
-    assert(os.execute(("%s new-session -d -s %s -x %d -y 40 -c %s %s"):format(tmux, name, width,
+    assert(lua.execute(("%s new-session -d -s %s -x %d -y 40 -c %s %s"):format(tmux, name, width,
       sh(os.getenv("PWD") or "."), sh(script .. "; echo __ended__; sleep 60"))))
     local screen
     local deadline = now() + 60
     repeat
       os.execute("sleep 0.3")
       local p = io.popen(tmux .. " capture-pane -p -J -S - -t " .. name)
-      screen = p:read("a")
+      screen = p:read("*a")
       p:close()
     until screen:find("__ended__", 1, true) or now() > deadline
     os.execute(tmux .. " kill-session -t " .. name)
@@ -43,7 +44,7 @@ describe("the dh3 command on a terminal", function()
   end
 
   local function dh3(args)
-    return env .. " lua5.4 bin/dh3 " .. args
+    return env .. " " .. lua.cli .. " " .. args
   end
 
   it("says why a prompt, an --image or a line of --prompts is refused, not only the exit code", function()
@@ -71,9 +72,9 @@ describe("the dh3 command on a terminal", function()
   it("says a failed create's error, naming its prompt, and a run's error", function()
     local broke = emulator.start{ "--credits", "0" }
     local screen = on_screen(table.concat({
-      ("env DH3_API_KEY=%s DH3_BASE_URL=%s lua5.4 bin/dh3 generate 'a door that costs too much' --out %s; echo exit=$?")
-        :format(sh(broke.key), sh(broke.url), sh(out .. "/")),
-      "env -u DH3_API_KEY lua5.4 bin/dh3 generate 'a door with no key'; echo exit=$?",
+      ("env DH3_API_KEY=%s DH3_BASE_URL=%s %s generate 'a door that costs too much' --out %s; echo exit=$?")
+        :format(sh(broke.key), sh(broke.url), lua.cli, sh(out .. "/")),
+      "env -u DH3_API_KEY " .. lua.cli .. " generate 'a door with no key'; echo exit=$?",
     }, "; "), 120)
     broke:stop()
     assert.matches('dh3: prompt 1 "a door that costs too much": insufficient_credits: ', screen, nil, true)
@@ -89,7 +90,8 @@ describe("the dh3 command on a terminal", function()
         .. "'a red fox in snow' --out %s"):format(sh(dir))) .. "; echo exit=$?", 60)
       assert.matches("exit=1", screen, nil, true)
       -- a saved task: its id's start and its prompt, then where it went, the file's name whole
-      local row, where = screen:match("\n(%x+%.%.  saved +%d+%.%ds  a lighthouse at dawn[^\n]*)\n"
+      -- (a newline before the screen: the row may be its first line)
+      local row, where = ("\n" .. screen):match("\n(%x+%.%.  saved +%d+%.%ds  a lighthouse at dawn[^\n]*)\n"
         .. "    %-> ([^\n]*)\n")
       assert.is_string(row, screen)
       assert.matches("^%.%.%.[^ ]*/%x+%.png  %(%d+%.%d KiB%)$", where)
@@ -101,20 +103,20 @@ describe("the dh3 command on a terminal", function()
 
   it("a wait through an outage says on its row that reads fail and are tried again, then ends well", function()
     local created = io.popen(dh3("generate --no-wait 'waited through an outage' 2>&1"))
-    local id = created:read("a"):match('"task_id":"(%x+)"')
+    local id = created:read("*a"):match('"task_id":"(%x+)"')
     created:close()
     assert.is_string(id)
     emu:config{ fault_drop = 1 }
     sessions = sessions + 1
     local name = "s" .. sessions
-    assert(os.execute(("%s new-session -d -s %s -x 120 -y 20 -c %s %s"):format(tmux, name,
+    assert(lua.execute(("%s new-session -d -s %s -x 120 -y 20 -c %s %s"):format(tmux, name,
       sh(os.getenv("PWD") or "."), sh(dh3("wait " .. id .. " --timeout 30") .. "; echo exit=$?; sleep 60"))))
     local seen, screen
     local deadline = now() + 20
     repeat
       os.execute("sleep 0.3")
       local p = io.popen(tmux .. " capture-pane -p -J -t " .. name)
-      screen = p:read("a")
+      screen = p:read("*a")
       p:close()
       seen = seen or screen:match("[^\n]*reads failing %(network%), trying again[^\n]*")
     until seen or now() > deadline
@@ -123,7 +125,7 @@ describe("the dh3 command on a terminal", function()
     while not screen:find("exit=", 1, true) and now() < deadline do
       os.execute("sleep 0.3")
       local p = io.popen(tmux .. " capture-pane -p -J -t " .. name)
-      screen = p:read("a")
+      screen = p:read("*a")
       p:close()
     end
     os.execute(tmux .. " kill-session -t " .. name)

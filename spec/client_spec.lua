@@ -3,6 +3,7 @@ local core = require "dh3.core"
 local emulator = require "helpers.emulator"
 local SLOW = require("helpers.timing").SLOW
 local files = require "helpers.files"
+local lua = require "helpers.lua"
 local tmpdir, listdir, read_file = files.tmpdir, files.ls, files.read_file
 
 local function new_client(emu, opts)
@@ -25,7 +26,7 @@ local CREATE, GET = "POST /api/v1/task/create", "GET /api/v1/task/get"
 
 local function png_size(bytes)
   assert.are.equal("\137PNG\r\n\26\n", bytes:sub(1, 8))
-  return string.unpack(">I4I4", bytes, 17)
+  return lua.uint_be(bytes, 17, 4), lua.uint_be(bytes, 21, 4)
 end
 
 describe("dh3.new", function()
@@ -69,8 +70,6 @@ describe("dh3.new", function()
 
   it("loads libcurl only when a client is made: require \"dh3\" loads nothing else", function()
     local script = [[
-      package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-      package.cpath = "./?.so;" .. package.cpath
       local function loaded()
         local names = {}
         for name in pairs(package.loaded) do
@@ -86,8 +85,8 @@ describe("dh3.new", function()
       print(loaded():find("dh3.client", 1, true) ~= nil, type(dh3.webhook.parse), dh3.nothing)
       client:close()
     ]]
-    local p = io.popen("lua5.4 -e " .. files.quote(script) .. " 2>&1")
-    local out = p:read("a")
+    local p = lua.popen(lua.command("-e", script) .. " 2>&1")
+    local out = p:read("*a")
     assert.is_true(p:close(), out)
     assert.are.equal("dh3\nnot an error\ttrue\ntrue\tfunction\tnil\n", out)
   end)
@@ -103,7 +102,8 @@ describe("dh3 against the emulator", function()
 
   describe("client:create()", function()
     it("creates a task and returns it with its id", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "a lighthouse at dawn, watercolor" })
       assert.matches("^%x+$", task.id)
       assert.are.equal("queuing", task.state)
@@ -113,7 +113,8 @@ describe("dh3 against the emulator", function()
     end)
 
     it("refuses invalid input before any request", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local task, err = client:create{ prompt = "hi" }
       assert.is_nil(task)
       assert.are.equal("invalid_request", err.kind)
@@ -123,7 +124,8 @@ describe("dh3 against the emulator", function()
     end)
 
     it("raises when a task is created twice", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local task = client:task{ prompt = "twice please" }
       assert(task:create())
       assert.has_error(function() task:create() end)
@@ -131,7 +133,8 @@ describe("dh3 against the emulator", function()
     end)
 
     it("says auth when the key is wrong, and never shows the key", function()
-      local client <close> = new_client(emu, { api_key = "wrong-key-abcdef" })
+      local client = new_client(emu, { api_key = "wrong-key-abcdef" })
+      finally(function() client:close() end)
       local task, err = client:create{ prompt = "a cat" }
       assert.is_nil(task)
       assert.are.equal("auth", err.kind)
@@ -144,7 +147,8 @@ describe("dh3 against the emulator", function()
 
   describe("task:status() and task:wait()", function()
     it("follows a task to success with typed images and on_update on each change", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "a red fox", aspect_ratio = "16:9" })
       local seen = {}
       assert.are.equal(task, task:wait{ interval = 0.02, on_update = function(t) seen[#seen + 1] = t.state end })
@@ -153,14 +157,15 @@ describe("dh3 against the emulator", function()
       assert.are.equal("success", seen[#seen])
       for i = 2, #seen do assert.are_not.equal(seen[i - 1], seen[i]) end
       local img = task.images[1]
-      assert.are.equal("integer", math.type(img.file_size))
+      assert.are.equal("integer", lua.math_type(img.file_size))
       assert.are.equal(1376, img.width)
       assert.are.equal(768, img.height)
       assert.are.equal("image/png", img.content_type)
     end)
 
     it("attaches to an existing id without a request", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local created = assert(client:create{ prompt = "attach me" })
       local before = count(emu:stats(), GET)
       local task = client:task(created.id)
@@ -170,7 +175,8 @@ describe("dh3 against the emulator", function()
     end)
 
     it("says not_found for an unknown id", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local state, err = client:task("0123456789abcdef0123456789abcdef"):status()
       assert.is_nil(state)
       assert.are.equal("not_found", err.kind)
@@ -179,7 +185,8 @@ describe("dh3 against the emulator", function()
     end)
 
     it("returns task_failed with the service's message when the task fails", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "this one fails {emu:fail=Upstream model error}" })
       local ok, err = task:wait{ interval = 0.02 }
       assert.is_nil(ok)
@@ -191,7 +198,8 @@ describe("dh3 against the emulator", function()
     end)
 
     it("times out, leaving the task valid to wait on again", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "slow one {emu:process=0.6}" })
       local t0 = core.now()
       local ok, err = task:wait{ timeout = 0.2, interval = 0.05 }
@@ -204,7 +212,8 @@ describe("dh3 against the emulator", function()
     end)
 
     it("polls less often while nothing changes, never past max_interval", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "patience {emu:queue=1.2}" })
       local times = {}
       client.on_request = function(info) times[#times + 1] = core.now() end
@@ -221,7 +230,8 @@ describe("dh3 against the emulator", function()
   describe("on_request", function()
     it("carries the new task's id after a successful create", function()
       local infos = {}
-      local client <close> = new_client(emu, { on_request = function(info) infos[#infos + 1] = info end })
+      local client = new_client(emu, { on_request = function(info) infos[#infos + 1] = info end })
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "a hook that learns the id" })
       assert.are.equal("POST", infos[1].method)
       assert.are.equal(task.id, infos[1].task_id)
@@ -229,7 +239,8 @@ describe("dh3 against the emulator", function()
 
     it("sees method, path, status, attempt and seconds, never the key or the query", function()
       local infos = {}
-      local client <close> = new_client(emu, { on_request = function(info) infos[#infos + 1] = info end })
+      local client = new_client(emu, { on_request = function(info) infos[#infos + 1] = info end })
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "hooked" })
       assert(task:status())
       assert.are.equal(2, #infos)
@@ -247,14 +258,16 @@ describe("dh3 against the emulator", function()
     end)
 
     it("keeps working when the hook raises", function()
-      local client <close> = new_client(emu, { on_request = function() error("hook bug") end })
+      local client = new_client(emu, { on_request = function() error("hook bug") end })
+      finally(function() client:close() end)
       assert(client:create{ prompt = "still works" })
     end)
   end)
 
   describe("pacing", function()
     it("keeps a loop of creates under 3 per second without a single 429", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local t0 = core.now()
       for i = 1, 7 do assert(client:create{ prompt = "paced " .. i }) end
       local took = core.now() - t0
@@ -266,7 +279,8 @@ describe("dh3 against the emulator", function()
     end)
 
     it("without pacing, meets the service's 429 and honours Retry-After", function()
-      local client <close> = new_client(emu, { create_qps = false, max_retries = 0 })
+      local client = new_client(emu, { create_qps = false, max_retries = 0 })
+      finally(function() client:close() end)
       local errs = 0
       for i = 1, 4 do
         local t, err = client:create{ prompt = "burst " .. i }
@@ -306,7 +320,8 @@ describe("dh3 against the emulator", function()
 
   describe("client:spawn(), update() and run()", function()
     it("runs many tasks in coroutines while update() keeps returning", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local done = {}
       for i = 1, 3 do
         client:spawn(function()
@@ -325,7 +340,8 @@ describe("dh3 against the emulator", function()
     end)
 
     it("reports an error raised in a spawned coroutine and carries on", function()
-      local client <close> = new_client(emu)
+      local client = new_client(emu)
+      finally(function() client:close() end)
       local reported
       client:on_error(function(err) reported = err end)
       local finished = false
@@ -373,9 +389,9 @@ describe("dh3 downloads", function()
       assert.are.same({ dir .. "/mine.png" }, paths)
       assert.are.same({ "mine.png" }, listdir(dir))
       -- an ordinary file: 0666 less the umask, like any file the user makes
-      local umask = tonumber(io.popen("umask"):read("l"), 8)
-      local mode = tonumber(io.popen("stat -c %a " .. dir .. "/mine.png"):read("l"), 8)
-      assert.are.equal(("%o"):format(0x1b6 & ~umask), ("%o"):format(mode))
+      local umask = tonumber(io.popen("umask"):read("*l"), 8)
+      local mode = tonumber(io.popen("stat -c %a " .. dir .. "/mine.png"):read("*l"), 8)
+      assert.are.equal(("%o"):format(0x1b6 - lua.band(0x1b6, umask)), ("%o"):format(mode)) -- 0666 & ~umask
       assert.are.equal(0, emu:stats().files_with_auth)
       os.execute("rm -rf " .. dir)
     end)
@@ -441,7 +457,8 @@ describe("dh3 under faults", function()
   end)
 
   it("retries status reads through 5xx answers, up to max_retries", function()
-    local client <close> = new_client(emu, { max_retries = 2 })
+    local client = new_client(emu, { max_retries = 2 })
+    finally(function() client:close() end)
     local task = assert(client:create{ prompt = "flaky reads" })
     emu:config{ fault_5xx = 1 }
     local state, err = task:status()
@@ -452,7 +469,8 @@ describe("dh3 under faults", function()
   end)
 
   it("re-sends a create refused with 503, which created nothing", function()
-    local client <close> = new_client(emu, { max_retries = 2 })
+    local client = new_client(emu, { max_retries = 2 })
+    finally(function() client:close() end)
     emu:config{ fault_5xx = 1 }
     local task, err = client:create{ prompt = "refused" }
     assert.is_nil(task)
@@ -464,7 +482,8 @@ describe("dh3 under faults", function()
   end)
 
   it("never re-sends a create whose connection dropped, and says it may exist", function()
-    local client <close> = new_client(emu)
+    local client = new_client(emu)
+    finally(function() client:close() end)
     emu:config{ fault_drop = 1 }
     local task, err = client:create{ prompt = "dropped" }
     assert.is_nil(task)
@@ -477,7 +496,8 @@ describe("dh3 under faults", function()
   end)
 
   it("never re-sends a create whose answer is malformed", function()
-    local client <close> = new_client(emu)
+    local client = new_client(emu)
+    finally(function() client:close() end)
     emu:config{ fault_malformed = 1 }
     local task, err = client:create{ prompt = "garbled" }
     assert.is_nil(task)
@@ -487,7 +507,8 @@ describe("dh3 under faults", function()
   end)
 
   it("waits through dropped connections, malformed bodies and 429s on reads", function()
-    local client <close> = new_client(emu, { max_retries = 8 })
+    local client = new_client(emu, { max_retries = 8 })
+    finally(function() client:close() end)
     local task = assert(client:create{ prompt = "through the storm {emu:process=0.3}" })
     emu:config{ fault_drop = 0.2, fault_malformed = 0.2, fault_429 = 0.2 }
     assert(task:wait{ interval = 0.02 })
@@ -496,7 +517,8 @@ describe("dh3 under faults", function()
   end)
 
   it("creates every task exactly once through random 429s and 503s", function()
-    local client <close> = new_client(emu, { max_retries = 10, create_qps = false })
+    local client = new_client(emu, { max_retries = 10, create_qps = false })
+    finally(function() client:close() end)
     emu:config{ fault_5xx = 0.3, fault_429 = 0.3 }
     local ids = {}
     for i = 1, 6 do
@@ -509,7 +531,8 @@ describe("dh3 under faults", function()
   end)
 
   it("gives a timeout when the server is slower than the request timeout", function()
-    local client <close> = new_client(emu, { timeout = 0.2, max_retries = 0 })
+    local client = new_client(emu, { timeout = 0.2, max_retries = 0 })
+    finally(function() client:close() end)
     emu:config{ latency = 0.6 }
     local t0 = core.now()
     local task, err = client:create{ prompt = "too slow" }
@@ -524,8 +547,9 @@ describe("dh3 under faults", function()
     local url = probe.url
     probe:stop()
     local attempts = 0
-    local client <close> = new_client(emu, { base_url = url, max_retries = 2,
+    local client = new_client(emu, { base_url = url, max_retries = 2,
       on_request = function() attempts = attempts + 1 end })
+    finally(function() client:close() end)
     local task, err = client:create{ prompt = "nobody home" }
     assert.is_nil(task)
     assert.are.equal("network", err.kind)
@@ -535,7 +559,8 @@ describe("dh3 under faults", function()
   end)
 
   it("keeps update() short while the server is slow", function()
-    local client <close> = new_client(emu)
+    local client = new_client(emu)
+    finally(function() client:close() end)
     emu:config{ latency = 0.5 }
     local result
     client:spawn(function() result = client:create{ prompt = "slow server" } end)
@@ -559,7 +584,8 @@ describe("dh3 with errors in the body (HTTP 200)", function()
   teardown(function() emu:stop() end)
 
   it("reads the code from the body and keeps both numbers", function()
-    local client <close> = new_client(emu, { api_key = "not-the-key" })
+    local client = new_client(emu, { api_key = "not-the-key" })
+    finally(function() client:close() end)
     local _, err = client:create{ prompt = "abc" }
     assert.are.equal("auth", err.kind)
     assert.are.equal(200, err.http_status)
@@ -568,7 +594,8 @@ describe("dh3 with errors in the body (HTTP 200)", function()
   end)
 
   it("says insufficient_credits when the credits run out", function()
-    local client <close> = new_client(emu)
+    local client = new_client(emu)
+    finally(function() client:close() end)
     assert(client:create{ prompt = "first is paid for" })
     local task, err = client:create{ prompt = "second is not" }
     assert.is_nil(task)

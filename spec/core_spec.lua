@@ -7,6 +7,7 @@ local core = require "dh3.core"
 local files = require "helpers.files"
 local shell_quote, make_tmpdir = files.quote, files.tmpdir
 local read_file, write_file = files.read_file, files.write_file
+local lua = require "helpers.lua"
 
 -- Timing bounds are generous, and more so under valgrind or the sanitizers.
 local SLOW = require("helpers.timing").SLOW
@@ -67,7 +68,7 @@ end
 local function pattern_bytes(n)
   local chunk = ("0123456789abcdef"):rep(64) -- 1 KiB
   local parts = {}
-  for _ = 1, n // 1024 do parts[#parts + 1] = chunk end
+  for _ = 1, math.floor(n / 1024) do parts[#parts + 1] = chunk end
   parts[#parts + 1] = chunk:sub(1, n % 1024)
   return table.concat(parts)
 end
@@ -228,10 +229,11 @@ local function start_server()
   local f = assert(io.open(script, "w"))
   f:write(SERVER)
   f:close()
-  -- the shell prints its pid, then becomes the server (exec), so that pid is the server's
-  local pipe = assert(io.popen("echo $$; exec lua5.4 " .. shell_quote(script) .. " 2>&1", "r"))
-  local pid = tonumber(pipe:read("l"))
-  local port = tonumber(pipe:read("l"))
+  -- the shell prints its pid, then becomes the server (exec), so that pid is the server's; the
+  -- server stands in for the service, as the emulator does: it runs under Lua 5.4
+  local pipe = assert(io.popen("echo $$; exec " .. shell_quote(lua.emulator) .. " " .. shell_quote(script) .. " 2>&1", "r"))
+  local pid = tonumber(pipe:read("*l"))
+  local port = tonumber(pipe:read("*l"))
   os.remove(script)
   assert(pid and port, "the test server did not start")
   return setmetatable({ pid = pid, port = port, pipe = pipe,
@@ -256,7 +258,7 @@ local temp_files = files.temp_files
 -- What the server sends for /bytes/N.
 local function pattern_bytes(n)
   local chunk = ("0123456789abcdef"):rep(64)
-  return (chunk:rep(n // 1024 + 1)):sub(1, n)
+  return (chunk:rep(math.floor(n / 1024) + 1)):sub(1, n)
 end
 
 -- Performs until nothing is in flight or waiting; returns the delivered {result, context}.
@@ -323,13 +325,13 @@ describe("dh3.core", function()
     it("now() is a monotonic float", function()
       local a = core.now()
       local b = core.now()
-      assert.are.equal("float", math.type(a))
+      if lua.integers then assert.are.equal("float", math.type(a)) end -- below 5.3 every number is one
       assert.is_true(b >= a)
     end)
 
     it("parse_http_date() returns epoch seconds or nil", function()
       assert.are.equal(784111777, core.parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"))
-      assert.are.equal("integer", math.type(core.parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT")))
+      assert.are.equal("integer", lua.math_type(core.parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT")))
       assert.is_nil(core.parse_http_date("not a date"))
     end)
 
@@ -395,10 +397,10 @@ describe("dh3.core", function()
           assert.are.equal("table", type(got))
         else
           assert.are.same(expected, got)
-          if math.type(expected) then assert.are.equal(math.type(expected), math.type(got)) end
+          if lua.math_type(expected) then assert.are.equal(lua.math_type(expected), lua.math_type(got)) end
           if type(expected) == "table" then
             for k, v in pairs(expected) do
-              if math.type(v) then assert.are.equal(math.type(v), math.type(got[k]), k) end
+              if lua.math_type(v) then assert.are.equal(lua.math_type(v), lua.math_type(got[k]), k) end
             end
           end
         end
@@ -407,9 +409,9 @@ describe("dh3.core", function()
 
     it("keeps integer types inside nested tables", function()
       local t = core.json_decode('{"images":[{"width":1024,"height":768.0,"ratio":1.5}]}')
-      assert.are.equal("integer", math.type(t.images[1].width))
-      assert.are.equal("integer", math.type(t.images[1].height))
-      assert.are.equal("float", math.type(t.images[1].ratio))
+      assert.are.equal("integer", lua.math_type(t.images[1].width))
+      assert.are.equal("integer", lua.math_type(t.images[1].height))
+      assert.are.equal("float", lua.math_type(t.images[1].ratio))
     end)
 
     local refused = {
@@ -551,12 +553,21 @@ describe("dh3.core", function()
     end)
 
     it("closes at the end of a <close> scope", function()
-      local req
-      do
-        local e <close> = core.engine()
-        req = assert(e:request{ url = server.url .. "/slow/2000" })
-        e:perform(0)
+      if not lua.close_variables then
+        pending("to-be-closed variables are Lua 5.4's: there close() is called explicitly")
+        return
       end
+      -- compiled at run time: the other Luas cannot parse <close>
+      local req = assert(load([[
+        local core, url = ...
+        local req
+        do
+          local e <close> = core.engine()
+          req = assert(e:request{ url = url })
+          e:perform(0)
+        end
+        return req
+      ]]))(core, server.url .. "/slow/2000")
       assert.are.equal("cancelled", state_of(req))
     end)
 
@@ -637,7 +648,7 @@ describe("dh3.core", function()
         assert.are.equal(req, res.request)
         assert.is_true(res.ok)
         assert.are.equal(200, res.status)
-        assert.are.equal("integer", math.type(res.status))
+        assert.are.equal("integer", lua.math_type(res.status))
         assert.are.equal(0, res.curl_code)
         assert.is_nil(res.curl_error)
         assert.is_nil(res.message)
@@ -678,6 +689,9 @@ describe("dh3.core", function()
 
       it("allocates nothing when there is nothing to do", function()
         e:perform(0)
+        -- LuaJIT counts the memory of the traces it compiles: not the engine's
+        if jit then jit.off() end
+        finally(function() if jit then jit.on() end end)
         collectgarbage()
         collectgarbage("stop")
         local before = collectgarbage("count")
@@ -1126,7 +1140,7 @@ describe("dh3.core", function()
         assert.are.equal(200, created.status)
         local doc = assert(core.json_decode(created.body))
         assert.are.equal(200, doc.code)
-        assert.are.equal("integer", math.type(doc.code))
+        assert.are.equal("integer", lua.math_type(doc.code))
         local id = doc.task_id
         local out
         local deadline = core.now() + 10 * SLOW
@@ -1139,7 +1153,8 @@ describe("dh3.core", function()
         until out.status == "success" or out.status == "fail" or core.now() > deadline
         assert.are.equal("success", out.status)
         local image = out.images[1]
-        local size = math.tointeger(tonumber(image.file_size))
+        local size = tonumber(image.file_size)
+        assert.are.equal("integer", lua.math_type(size))
         local dest = tmpdir .. "/" .. image.file_name
         local res = fetch(e, { url = image.url, download_to = dest, expect_size = size, follow_redirects = true })
         assert.is_true(res.ok, res.message)
@@ -1227,23 +1242,31 @@ describe("dh3.core", function()
       end)
 
       it("a request closed with <close> is cancelled and then refuses methods", function()
-        local e = core.engine()
-        local outer
-        do
-          local req <close> = assert(e:request{ url = server.url .. "/slow/2000" })
-          outer = req
+        if not lua.close_variables then
+          pending("to-be-closed variables are Lua 5.4's: there close() is called explicitly")
+          return
         end
+        local e = core.engine()
+        finally(function() e:close() end)
+        -- compiled at run time: the other Luas cannot parse <close>
+        local outer = assert(load([[
+          local e, url = ...
+          local outer
+          do
+            local req <close> = assert(e:request{ url = url })
+            outer = req
+          end
+          return outer
+        ]]))(e, server.url .. "/slow/2000")
         assert.are.same({ 0, 0 }, { e:pending() })
         assert.matches("closed", tostring(outer))
         assert.has_error(function() outer:progress() end, "dh3.request: attempt to use a closed request")
         assert.has_error(function() outer:cancel() end)
-        e:close()
       end)
 
       it("survives lua_close of a state with transfers in flight", function()
         -- a child Lua: engine and requests finalized in whatever order lua_close picks
         local script = ([[
-          package.cpath = "./?.so;" .. package.cpath
           local core = require "dh3.core"
           local e = core.engine()
           KEEP = {}
@@ -1255,8 +1278,8 @@ describe("dh3.core", function()
           while KEEP[1]:progress() == 0 and core.now() < t do e:perform(0.01) end
           print("ok")
         ]]):format(server.url .. "/drip/200000/10", tmpdir .. "/d", server.url .. "/slow/2000")
-        local p = io.popen("lua5.4 -e " .. shell_quote(script) .. " 2>&1")
-        local out = p:read("a")
+        local p = lua.popen(lua.command("-e", script) .. " 2>&1")
+        local out = p:read("*a")
         local ok = p:close()
         assert.are.equal("ok\n", out)
         assert.is_true(ok)

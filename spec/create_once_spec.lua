@@ -4,8 +4,10 @@ local dh3 = require "dh3"
 local core = require "dh3.core"
 local emulator = require "helpers.emulator"
 local files = require "helpers.files"
+local lua = require "helpers.lua"
 
-local LUA = os.getenv("DH3_SPEC_LUA") or "lua5.4"
+-- the test servers stand in for the service, as the emulator does: they run under Lua 5.4
+local LUA = lua.emulator
 local KEY = "create-once-key-0123456789"
 
 -- A raw HTTP/1.1 keep-alive server: create 1 is answered (Connection: keep-alive), create 2 is
@@ -52,7 +54,7 @@ local function forget(c)
 end
 
 while true do
-  local ready = socket.select({ listener, table.unpack(clients) }, nil, 1)
+  local ready = socket.select({ listener, (table.unpack or unpack)(clients) }, nil, 1)
   for _, s in ipairs(ready) do
     if s == listener then
       local c = listener:accept()
@@ -122,14 +124,14 @@ local function start_server(interpreter, script, args, scheme)
   local words = { "echo $$; exec env -u LD_PRELOAD", interpreter, files.quote(path) }
   for _, a in ipairs(args or {}) do words[#words + 1] = files.quote(a) end
   local pipe = assert(io.popen(table.concat(words, " ") .. " 2>&1", "r"))
-  local pid = tonumber(pipe:read("l"))
-  local line = pipe:read("l")
+  local pid = tonumber(pipe:read("*l"))
+  local line = pipe:read("*l")
   local port = tonumber(line)
   assert(pid and port, "the test server did not start: " .. tostring(line))
   local server = { url = (scheme or "http") .. "://127.0.0.1:" .. port }
   function server.stop()
     os.execute("kill " .. pid .. " 2>/dev/null")
-    pipe:read("a")
+    pipe:read("*a")
     pipe:close()
     os.remove(path)
   end
@@ -151,7 +153,7 @@ end
 
 local function make_cert(dir)
   local key, cert = dir .. "/server.key", dir .. "/server.crt"
-  assert(os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 1 -subj /CN=localhost "
+  assert(lua.execute(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 1 -subj /CN=localhost "
     .. "-addext subjectAltName=IP:127.0.0.1 2>/dev/null"):format(files.quote(key), files.quote(cert))),
     "openssl could not make a certificate")
   return key, cert
@@ -164,8 +166,9 @@ describe("a create", function()
     after_each(function() server.stop() end)
 
     it("is sent once: nil, err with maybe_created, never re-sent by libcurl on a new connection", function()
-      local client <close> = assert(dh3.new{ api_key = KEY, base_url = server.url, max_retries = 3,
-                                             retry_delay = 0.01 })
+      local client = assert(dh3.new{ api_key = KEY, base_url = server.url, max_retries = 3,
+                                     retry_delay = 0.01 })
+      finally(function() client:close() end)
       local first = assert(client:create{ prompt = "one" })
       assert.are.equal(("%032x"):format(1), first.id)
 
@@ -184,7 +187,7 @@ describe("a create", function()
   end)
 
   describe("against a server that speaks HTTP/2", function()
-    local has_node = os.execute("command -v node >/dev/null 2>&1")
+    local has_node = lua.execute("command -v node >/dev/null 2>&1")
     local dir, server, cert
     before_each(function()
       if not has_node then return end
@@ -204,8 +207,9 @@ describe("a create", function()
         pending("needs node (its http2 module) for an HTTP/2 server; creates use HTTP/1.1 in any case")
         return
       end
-      local client <close> = assert(dh3.new{ api_key = KEY, base_url = server.url, ca_file = cert,
-                                             max_retries = 3, retry_delay = 0.01 })
+      local client = assert(dh3.new{ api_key = KEY, base_url = server.url, ca_file = cert,
+                                     max_retries = 3, retry_delay = 0.01 })
+      finally(function() client:close() end)
       local reader = client:task(("0"):rep(32))
       assert.are.equal("queuing", assert(reader:status())) -- opens an HTTP/2 connection
       assert(client:create{ prompt = "one" })

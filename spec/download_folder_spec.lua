@@ -6,6 +6,7 @@ local core = require "dh3.core"
 local download = require "dh3.download"
 local destination = require "dh3.cli.destination"
 local emulator = require "helpers.emulator"
+local lua = require "helpers.lua"
 
 local function sh(s)
   return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
@@ -13,13 +14,13 @@ end
 
 local function run(cmd)
   local p = io.popen(cmd)
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   return (out:gsub("%s+$", ""))
 end
 
 local function is_dir(path)
-  return os.execute("test -d " .. sh(path)) == true
+  return lua.execute("test -d " .. sh(path)) == true
 end
 
 local function listing(dir)

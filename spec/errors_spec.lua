@@ -98,7 +98,7 @@ describe("dh3.retry", function()
       { "a redirect", { kind = "protocol", http_status = 302 }, res{ status = 302 }, false, false },
     }
     for _, row in ipairs(rows) do
-      it(("%s: retry %s, maybe created %s"):format(row[1], row[4], row[5]), function()
+      it(("%s: retry %s, maybe created %s"):format(row[1], tostring(row[4]), tostring(row[5])), function()
         local again, maybe = retry.create_retryable(row[2], row[3])
         assert.are.equal(row[4], again)
         assert.are.equal(row[5], maybe)

@@ -3,6 +3,7 @@
 local journal = require "dh3.journal"
 
 local files = require "helpers.files"
+local lua = require "helpers.lua"
 local shell_quote, make_tmpdir, ls = files.quote, files.tmpdir, files.ls
 local read_file, write_file = files.read_file, files.write_file
 
@@ -15,23 +16,23 @@ end
 -- One line of a shell command's output.
 local function sh_line(command)
   local p = assert(io.popen(command))
-  local out = p:read("l")
+  local out = p:read("*l")
   p:close()
   return out
 end
 
-local function is_symlink(p) return os.execute("test -L " .. shell_quote(p)) == true end
+local function is_symlink(p) return lua.execute("test -L " .. shell_quote(p)) == true end
 local function link_target(p) return sh_line("readlink " .. shell_quote(p)) end
 
 -- {=====================================================================
--- Child processes: a lua5.4 in this tree, its pid known (the shell prints it, then becomes lua)
+-- Child processes: the Lua being tested, with this tree's modules, its pid known (the shell prints
+-- it, then becomes lua); its pipe's close() says how it ended
 -- ======================================================================
-local PRELUDE = 'package.path = "lua/?.lua;lua/?/init.lua;" .. package.path; '
-  .. 'package.cpath = "./?.so;" .. package.cpath; io.stdout:setvbuf("line"); '
+local PRELUDE = 'io.stdout:setvbuf("line"); '
 
 local function child(script)
-  local pipe = assert(io.popen("echo $$; exec lua5.4 -e " .. shell_quote(PRELUDE .. script) .. " 2>&1", "r"))
-  return { pid = assert(tonumber(pipe:read("l"))), pipe = pipe }
+  local pipe = assert(lua.popen("echo $$; exec " .. lua.command("-e", PRELUDE .. script) .. " 2>&1"))
+  return { pid = assert(tonumber(pipe:read("*l"))), pipe = pipe }
 end
 
 -- What another process gets when it opens `p`.
@@ -40,7 +41,7 @@ local function open_elsewhere(p)
     local j, err = require("dh3.journal").open(%q)
     print(j and "opened" or ("refused " .. err.kind .. ": " .. err.message))
   ]]):format(p))
-  local out = c.pipe:read("a")
+  local out = c.pipe:read("*a")
   c.pipe:close()
   return out
 end
@@ -53,7 +54,7 @@ local function holder(p)
     print("holding")
     require("socket").sleep(30)
   ]]):format(p))
-  assert.are.equal("holding", c.pipe:read("l"))
+  assert.are.equal("holding", c.pipe:read("*l"))
   return c
 end
 
@@ -78,7 +79,7 @@ describe("the journal's lock", function()
   describe("through a symbolic link", function()
     it("refuses the link while the journal is open under its real name, in this process and another", function()
       local j = assert(journal.open(path))
-      assert(os.execute("ln -s journal " .. shell_quote(link)))
+      assert(lua.execute("ln -s journal " .. shell_quote(link)))
       local again, err = journal.open(link)
       assert.is_nil(again)
       assert.are.equal("journal", err.kind)
@@ -91,7 +92,7 @@ describe("the journal's lock", function()
     end)
 
     it("refuses the real name while another process holds the journal through the link", function()
-      assert(os.execute("ln -s journal " .. shell_quote(link)))
+      assert(lua.execute("ln -s journal " .. shell_quote(link)))
       local c = holder(link)
       local j, err = journal.open(path)
       assert.is_nil(j)
@@ -103,7 +104,7 @@ describe("the journal's lock", function()
     end)
 
     it("never lets two processes write at once, one through the link, one through the real name", function()
-      assert(os.execute("ln -s journal " .. shell_quote(link)))
+      assert(lua.execute("ln -s journal " .. shell_quote(link)))
       write_file(dir .. "/token", "")
       -- each round: open (waiting while the other holds it), check that nobody else holds it (the
       -- token: a rename only one can win), write 1 live and 4 dead records (compacting often), close
@@ -129,7 +130,7 @@ describe("the journal's lock", function()
         ]]):format(dir .. "/token", dir .. "/token.held", p, name))
       end
       local a, b = worker("real ", path), worker("link ", link)
-      local out_a, out_b = a.pipe:read("a"), b.pipe:read("a")
+      local out_a, out_b = a.pipe:read("*a"), b.pipe:read("*a")
       a.pipe:close()
       b.pipe:close()
       assert.are.equal("25 0\n", out_a)
@@ -150,7 +151,7 @@ describe("the journal's lock", function()
       os.execute("mkdir " .. shell_quote(dir .. "/data") .. " " .. shell_quote(dir .. "/links"))
       local target = dir .. "/data/journal"
       link = dir .. "/links/j"
-      assert(os.execute("ln -s ../data/journal " .. shell_quote(link)))
+      assert(lua.execute("ln -s ../data/journal " .. shell_quote(link)))
       local j = assert(journal.open(link, { compact_at = 4 }))
       assert.are.same({ "journal", "journal.lock" }, ls(dir .. "/data")) -- created through the dangling link
       local live = j:intent(body("live"))
@@ -174,7 +175,7 @@ describe("the journal's lock", function()
     end)
 
     it("creates the file a dangling link names, and works through it", function()
-      assert(os.execute("ln -s target " .. shell_quote(link)))
+      assert(lua.execute("ln -s target " .. shell_quote(link)))
       local j, err = journal.open(link)
       assert.is_nil(err)
       local lid = j:intent(body("through a dangling link"))
@@ -191,7 +192,7 @@ describe("the journal's lock", function()
     it("refuses a hard link to a journal in use", function()
       local j = assert(journal.open(path))
       local content = read_file(path)
-      assert(os.execute("ln " .. shell_quote(path) .. " " .. shell_quote(link)))
+      assert(lua.execute("ln " .. shell_quote(path) .. " " .. shell_quote(link)))
       local again, err = journal.open(link)
       assert.is_nil(again)
       assert.are.equal("journal", err.kind)
@@ -207,7 +208,7 @@ describe("the journal's lock", function()
       j:intent(body("two names"))
       j:close()
       local content = read_file(path)
-      assert(os.execute("ln " .. shell_quote(path) .. " " .. shell_quote(link)))
+      assert(lua.execute("ln " .. shell_quote(path) .. " " .. shell_quote(link)))
       for _, name in ipairs({ path, link }) do
         local again, err = journal.open(name)
         assert.is_nil(again)
@@ -221,7 +222,7 @@ describe("the journal's lock", function()
 
     it("does not compact a journal given a second name while open: both names keep every record", function()
       local j = assert(journal.open(path, { compact_at = 4 }))
-      assert(os.execute("ln " .. shell_quote(path) .. " " .. shell_quote(link)))
+      assert(lua.execute("ln " .. shell_quote(path) .. " " .. shell_quote(link)))
       local live = j:intent(body("live"))
       for i = 1, 2 do j:abandoned(j:intent(body("dead " .. i)), "refused") end -- would compact
       assert.are.equal(5, j:stats().records)

@@ -5,6 +5,7 @@ local journal = require "dh3.journal"
 local cjson = require "cjson"
 
 local files = require "helpers.files"
+local lua = require "helpers.lua"
 local sh, make_tmpdir, ls = files.quote, files.tmpdir, files.ls
 local read_file, write_file = files.read_file, files.write_file
 
@@ -18,19 +19,19 @@ end
 -- The file's modification time, to the nanosecond.
 local function mtime(p)
   local pipe = assert(io.popen("stat -c %y " .. sh(p)))
-  local out = pipe:read("l")
+  local out = pipe:read("*l")
   pipe:close()
   return out
 end
 
--- Runs `lua5.4 bin/dh3 ARGS` with stdout a pipe, no DH3_* from the caller's shell, `prefix` (words)
+-- Runs `bin/dh3 ARGS` (lua.cli: under the Lua being tested) with stdout a pipe, no DH3_* from the caller's shell, `prefix` (words)
 -- before it. Returns {code, out, err, events}.
 local function dh3(prefix, ...)
-  local words = { prefix or "", "env -u DH3_API_KEY -u DH3_BASE_URL -u DH3_JOURNAL lua5.4 bin/dh3" }
+  local words = { prefix or "", "env -u DH3_API_KEY -u DH3_BASE_URL -u DH3_JOURNAL " .. lua.cli }
   for _, a in ipairs({ ... }) do words[#words + 1] = sh(a) end
   local errfile = os.tmpname()
-  local p = assert(io.popen(table.concat(words, " ") .. " 2>" .. errfile))
-  local out = p:read("a")
+  local p = assert(lua.popen(table.concat(words, " ") .. " 2>" .. errfile))
+  local out = p:read("*a")
   local _, _, code = p:close()
   local run = { code = code, out = out, err = read_file(errfile), events = {} }
   os.remove(errfile)
@@ -40,13 +41,12 @@ local function dh3(prefix, ...)
   return run
 end
 
--- A lua5.4 of this tree in a child process, its pid known.
-local PRELUDE = 'package.path = "lua/?.lua;lua/?/init.lua;" .. package.path; '
-  .. 'package.cpath = "./?.so;" .. package.cpath; io.stdout:setvbuf("line"); '
+-- The Lua being tested, with this tree's modules, in a child process, its pid known.
+local PRELUDE = 'io.stdout:setvbuf("line"); '
 
 local function child(script)
-  local pipe = assert(io.popen("echo $$; exec lua5.4 -e " .. sh(PRELUDE .. script) .. " 2>&1", "r"))
-  return { pid = assert(tonumber(pipe:read("l"))), pipe = pipe }
+  local pipe = assert(lua.popen("echo $$; exec " .. lua.command("-e", PRELUDE .. script) .. " 2>&1"))
+  return { pid = assert(tonumber(pipe:read("*l"))), pipe = pipe }
 end
 
 describe("reading a journal without changing it", function()
@@ -72,7 +72,7 @@ describe("reading a journal without changing it", function()
     f:write(tail or "")
     f:close()
     os.remove(path .. ".lock") -- only the journal is in the folder
-    assert(os.execute("touch -d '2020-01-02 03:04:05.123456789' " .. sh(path)))
+    assert(lua.execute("touch -d '2020-01-02 03:04:05.123456789' " .. sh(path)))
     return read_file(path), mtime(path)
   end
 
@@ -118,13 +118,13 @@ describe("reading a journal without changing it", function()
   describe("dh3 pending", function()
     it("reads a journal it may not write (mode 0444, another user), and changes nothing", function()
       local bytes, time = journal_with(TORN)
-      assert(os.execute("chmod 0444 " .. sh(path)))
+      assert(lua.execute("chmod 0444 " .. sh(path)))
       -- root may write a 0444 file: when the specs run as root, the run is made as nobody, in a
       -- folder nobody may write to (so that only the file's mode stands in the way)
       local as_other = ""
       if read_file("/proc/self/status"):match("\nUid:%s+0%s") then
         as_other = "setpriv --reuid=65534 --regid=65534 --clear-groups"
-        assert(os.execute("chown 65534 " .. sh(dir)))
+        assert(lua.execute("chown 65534 " .. sh(dir)))
       end
       local run = dh3(as_other, "pending", "--journal", path, "--json")
       assert.are.equal(0, run.code, run.err)
@@ -138,7 +138,7 @@ describe("reading a journal without changing it", function()
     it("says a torn end on stderr and leaves it: the bytes and the time of the file are unchanged", function()
       local bytes, time = journal_with(TORN)
       for _, json in ipairs({ {}, { "--json" } }) do
-        local run = dh3(nil, "pending", "--journal", path, table.unpack(json))
+        local run = dh3(nil, "pending", "--journal", path, lua.unpack(json))
         assert.are.equal(0, run.code, run.err)
         assert.matches("id-1", run.out, nil, true)
         assert.matches(("dh3: the journal %s ends in %d bytes that are not a whole record"):format(path, #TORN),
@@ -162,7 +162,7 @@ describe("reading a journal without changing it", function()
         print("wrote")
         socket.sleep(30)
       ]]):format(path, go))
-      assert.are.equal("holding", holder.pipe:read("l"))
+      assert.are.equal("holding", holder.pipe:read("*l"))
       local bytes = read_file(path)
       local run = dh3(nil, "pending", "--journal", path, "--json")
       assert.are.equal(0, run.code, run.err)
@@ -171,7 +171,7 @@ describe("reading a journal without changing it", function()
       assert.are.equal(bytes, read_file(path))
       -- the holder still has the journal, and writes on
       write_file(go, "")
-      assert.are.equal("wrote", holder.pipe:read("l"))
+      assert.are.equal("wrote", holder.pipe:read("*l"))
       assert.matches("in use by process " .. holder.pid, select(2, journal.open(path)).message, nil, true)
       run = dh3(nil, "pending", "--journal", path, "--json")
       assert.are.equal(0, run.code, run.err)

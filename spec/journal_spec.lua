@@ -2,6 +2,7 @@ local journal = require "dh3.journal"
 local core = require "dh3.core"
 
 local files = require "helpers.files"
+local lua = require "helpers.lua"
 local shell_quote, make_tmpdir, ls = files.quote, files.tmpdir, files.ls
 local read_file, write_file = files.read_file, files.write_file
 
@@ -20,20 +21,20 @@ local function body(prompt)
 end
 
 -- {=====================================================================
--- Child processes: a lua5.4 in this tree, its pid known (the shell prints it, then becomes lua)
+-- Child processes: the Lua being tested, with this tree's modules, its pid known (the shell prints
+-- it, then becomes lua); its pipe's close() says how it ended
 -- ======================================================================
-local PRELUDE = 'package.path = "lua/?.lua;lua/?/init.lua;" .. package.path; '
-  .. 'package.cpath = "./?.so;" .. package.cpath; io.stdout:setvbuf("line"); '
+local PRELUDE = 'io.stdout:setvbuf("line"); '
 
 local function child(script)
-  local pipe = assert(io.popen("echo $$; exec lua5.4 -e " .. shell_quote(PRELUDE .. script) .. " 2>&1", "r"))
-  return { pid = assert(tonumber(pipe:read("l"))), pipe = pipe }
+  local pipe = assert(lua.popen("echo $$; exec " .. lua.command("-e", PRELUDE .. script) .. " 2>&1"))
+  return { pid = assert(tonumber(pipe:read("*l"))), pipe = pipe }
 end
 
 -- Runs a child to its end: its output and how it ended.
 local function run_child(script)
   local c = child(script)
-  local out = c.pipe:read("a")
+  local out = c.pipe:read("*a")
   local ok = c.pipe:close()
   return out, ok
 end
@@ -71,7 +72,7 @@ describe("dh3.journal", function()
       assert.are.equal(HEADER, read_file(path))
       assert.are.same({ "journal", "journal.lock" }, ls(dir))
       local p = io.popen("stat -c %a " .. shell_quote(path))
-      assert.are.equal("600", p:read("l"))
+      assert.are.equal("600", p:read("*l"))
       p:close()
       assert.are.same({ tasks = {}, unanswered = {} }, j:pending())
       j:close()
@@ -604,7 +605,7 @@ describe("dh3.journal", function()
       assert.are.equal(HEADER, read_file(path))
       assert.matches("^refused journal: the journal .* is in use by process %d+\n$", (open_elsewhere(path)))
       local p = io.popen("stat -c %a " .. shell_quote(path))
-      assert.are.equal("640", p:read("l"))
+      assert.are.equal("640", p:read("*l"))
       p:close()
       j:close()
     end)
@@ -643,7 +644,7 @@ describe("dh3.journal", function()
         print("holding")
         require("socket").sleep(30)
       ]]):format(path))
-      assert.are.equal("holding", holder.pipe:read("l"))
+      assert.are.equal("holding", holder.pipe:read("*l"))
       local refused, err = journal.open(path)
       assert.is_nil(refused)
       assert.matches("in use by process " .. holder.pid .. "$", err.message)
@@ -709,7 +710,7 @@ describe("dh3.new{journal = PATH}", function()
       print("created " .. task.id)
       task:wait{ timeout = 60 }
     ]]))
-    local id = c.pipe:read("l"):match("^created (%x+)$")
+    local id = c.pipe:read("*l"):match("^created (%x+)$")
     assert.truthy(id)
     assert.are.same({ "signal", 9 }, { kill9(c) })
 
@@ -740,7 +741,7 @@ describe("dh3.new{journal = PATH}", function()
       local task = client:create{ prompt = "a paper boat {emu:process=0.1}" }
       print("created " .. tostring(task and task.id))
     ]]))
-    assert.are.equal("creating", c.pipe:read("l"))
+    assert.are.equal("creating", c.pipe:read("*l"))
     local deadline = core.now() + 10
     while not (read_file(path) or ""):find('"t":"intent"', 1, true) and core.now() < deadline do
       require("socket").sleep(0.02)

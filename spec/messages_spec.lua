@@ -27,8 +27,9 @@ describe("error messages", function()
   end)
 
   it("a refused connection says curl's wording once, where curl's detail repeats it", function()
-    local client <close> = assert(dh3.new{ api_key = "k", base_url = "http://127.0.0.1:" .. files.closed_port(),
+    local client = assert(dh3.new{ api_key = "k", base_url = "http://127.0.0.1:" .. files.closed_port(),
       max_retries = 0 })
+    finally(function() client:close() end)
     local state, err = client:task(TASK_ID):status()
     assert.is_nil(state)
     assert.are.equal("network", err.kind)
@@ -49,7 +50,8 @@ describe("a blank prompt", function()
   teardown(function() emu:stop() end)
 
   it("is refused before sending (the service would take three spaces, and charge for them)", function()
-    local client <close> = assert(dh3.new{ api_key = emu.key, base_url = emu.url })
+    local client = assert(dh3.new{ api_key = emu.key, base_url = emu.url })
+    finally(function() client:close() end)
     for _, prompt in ipairs({ "   ", " \t \n ", ("  "):rep(100) }) do
       local task, err = client:create{ prompt = prompt }
       assert.is_nil(task)

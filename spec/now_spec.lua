@@ -29,7 +29,7 @@ describe("dh3.now()", function()
   it("is what the examples time themselves with", function()
     for _, file in ipairs{ "examples/batch.lua", "examples/demo.lua", "examples/frame_loop.lua" } do
       local f = assert(io.open(file))
-      local text = f:read("a")
+      local text = f:read("*a")
       f:close()
       assert.is_nil(text:find("dh3.core", 1, true), file)
       assert.is_truthy(text:find("dh3.now", 1, true), file)

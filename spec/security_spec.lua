@@ -15,10 +15,10 @@ local output = require "dh3.output"
 local webhook = require "dh3.webhook"
 local emulator = require "helpers.emulator"
 local files = require "helpers.files"
+local lua = require "helpers.lua"
 local sh, ls, read_file, write_file, tmpdir, rm_rf =
   files.quote, files.ls, files.read_file, files.write_file, files.tmpdir, files.rm_rf
 
-local LUA = os.getenv("DH3_SPEC_LUA") or "lua5.4"
 
 -- Distinctive keys: any trace of one, even a piece, is found.
 local KEY = "sk-dh3-SECRET-5f1e9a7c3b2d4e60"
@@ -66,23 +66,25 @@ end
 local closed_port = files.closed_port
 
 -- Starts `lua5.4 script args...` in the background, its stdout and stderr in a pipe. The shell
--- prints its pid, then becomes the script (exec), so that pid is the script's.
+-- prints its pid, then becomes the script (exec), so that pid is the script's. The scripts are
+-- helpers, not under test (the fake service is the emulator's server, which is 5.4's): they run
+-- under the emulator's Lua whatever Lua runs the specs.
 local function spawn(script, args)
   local path = os.tmpname()
   write_file(path, script)
   -- a helper process, not under test: without the sanitizer `make asan` preloads (it would abort
   -- the child at exit over luasocket's allocations)
-  local words = { "echo $$; exec env -u LD_PRELOAD", LUA, sh(path) }
+  local words = { "echo $$; exec env -u LD_PRELOAD", sh(lua.emulator), sh(path) }
   for _, a in ipairs(args or {}) do words[#words + 1] = sh(a) end
   local pipe = assert(io.popen(table.concat(words, " ") .. " 2>&1", "r"))
-  local pid = tonumber(pipe:read("l"))
+  local pid = tonumber(pipe:read("*l"))
   return { pid = pid, pipe = pipe, path = path }
 end
 
 -- Stops a spawned child (when still running) and returns what else it printed.
 local function reap(child)
   os.execute("kill " .. child.pid .. " 2>/dev/null")
-  local rest = child.pipe:read("a")
+  local rest = child.pipe:read("*a")
   child.pipe:close()
   os.remove(child.path)
   return rest
@@ -92,7 +94,7 @@ local function make_cert(dir, name, san)
   local cmd = ("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 1 -subj /CN=localhost "
     .. "-addext subjectAltName=%s 2>/dev/null"):format(sh(dir .. "/" .. name .. ".key"),
     sh(dir .. "/" .. name .. ".crt"), san)
-  assert(os.execute(cmd), "openssl could not make a certificate")
+  assert(lua.execute(cmd), "openssl could not make a certificate")
   return dir .. "/" .. name .. ".crt", dir .. "/" .. name .. ".key"
 end
 
@@ -101,6 +103,18 @@ local function new_client(base_url, opts)
   local o = { api_key = KEY, base_url = base_url, max_retries = 0, retry_delay = 0.01, create_qps = false }
   for k, v in pairs(opts or {}) do o[k] = v end
   return assert(dh3.new(o))
+end
+
+-- Calls fn(client) and closes the client as fn returns or raises (what a `local client <close>`
+-- in a block of its own does on 5.4); returns what fn returned. For a client that must be closed
+-- before the test goes on (busted's finally() runs once, at the test's end).
+local function pack(...) return { n = select("#", ...), ... } end
+
+local function with_client(client, fn)
+  local results = pack(pcall(fn, client))
+  client:close()
+  if not results[1] then error(results[2], 0) end
+  return lua.unpack(results, 2, results.n)
 end
 
 local temp_files = files.temp_files
@@ -253,7 +267,7 @@ local function start_fake(outside)
   local names = {}
   for i, row in ipairs(NAME_ROWS) do names[i] = row[2]:gsub("^OUTSIDE", outside) end
   local child = spawn(FAKE, { TASK_ID, tostring(output.MAX_IMAGES), core.json_encode(names) })
-  local line = child.pipe:read("l")
+  local line = child.pipe:read("*l")
   local a, b = (line or ""):match("^(http://%S+) (http://%S+)$")
   if not a then error("the fake service did not start: " .. tostring(line) .. reap(child)) end
   return setmetatable({ child = child, a = a, b = b }, Fake)
@@ -313,8 +327,9 @@ describe("dh3 security", function()
 
     it("refuses a self-signed certificate by default: a network error naming it, not retried, nothing sent", function()
       local infos = {}
-      local client <close> = new_client(emu.url, { max_retries = 3,
+      local client = new_client(emu.url, { max_retries = 3,
         on_request = function(info) infos[#infos + 1] = info end })
+      finally(function() client:close() end)
       local task, err = client:create{ prompt = "over https, untrusted" }
       assert.is_nil(task)
       assert.are.equal("network", err.kind)
@@ -332,7 +347,8 @@ describe("dh3 security", function()
 
     it("refuses a trusted certificate made out to another name", function()
       local other = emulator.start{ keys = false, "--keys", KEY, "--tls-cert", wrong_cert, "--tls-key", wrong_key }
-      local client <close> = new_client(other.url, { ca_file = wrong_cert })
+      local client = new_client(other.url, { ca_file = wrong_cert })
+      finally(function() client:close() end)
       local task, err = client:create{ prompt = "over https, wrong name" }
       local creates = other:stats().creates
       other:stop()
@@ -344,7 +360,8 @@ describe("dh3 security", function()
     end)
 
     it("fails closed when ca_file cannot be read", function()
-      local client <close> = new_client(emu.url, { ca_file = dir .. "/missing.crt" })
+      local client = new_client(emu.url, { ca_file = dir .. "/missing.crt" })
+      finally(function() client:close() end)
       local task, err = client:create{ prompt = "over https, no trust" }
       assert.is_nil(task)
       assert.are.equal("network", err.kind)
@@ -353,7 +370,8 @@ describe("dh3 security", function()
     end)
 
     it("works end to end with ca_file: create, wait and download over https", function()
-      local client <close> = new_client(emu.url, { ca_file = emu.ca_file })
+      local client = new_client(emu.url, { ca_file = emu.ca_file })
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "over https, trusted" })
       assert(task:wait{ interval = 0.1, timeout = 10 })
       assert.matches("^https://127%.0%.0%.1:%d+/files/", task.images[1].url)
@@ -373,7 +391,8 @@ describe("dh3 security", function()
       local switches = { insecure = true, verify = false, ssl_verify = false, verify_peer = false,
         verify_host = false, ssl_verifypeer = false, ssl_verifyhost = false, tls_verify = false,
         no_verify = true, skip_verify = true }
-      local engine <close> = core.engine{}
+      local engine = core.engine{}
+      finally(function() engine:close() end)
       for name, value in pairs(switches) do
         local ok, err = pcall(dh3.new, { api_key = KEY, base_url = emu.url, [name] = value })
         assert.is_false(ok, name)
@@ -490,11 +509,11 @@ describe("dh3 security", function()
       }
       for _, run in ipairs(runs) do
         local words = { "env -u DH3_API_KEY -u DH3_BASE_URL", "DH3_API_KEY=" .. sh(run[2]),
-          "DH3_BASE_URL=" .. sh(run[3]), LUA, "bin/dh3", run[4], sh(run[5]) }
+          "DH3_BASE_URL=" .. sh(run[3]), lua.command("bin/dh3", run[4], run[5]) }
         if run[4] == "generate" then words[#words + 1] = "--out " .. sh(dir .. "/") end
         for _, json in ipairs({ false, true }) do
-          local p = assert(io.popen(table.concat(words, " ") .. (json and " --json" or "") .. " 2>&1"))
-          local out = p:read("a")
+          local p = assert(lua.popen(table.concat(words, " ") .. (json and " --json" or "") .. " 2>&1"))
+          local out = p:read("*a")
           local _, _, code = p:close()
           local what = ("dh3 %s %q%s"):format(run[4], run[5], json and " --json" or "")
           assert.are.equal(run[1], code, what .. ": " .. out)
@@ -506,25 +525,24 @@ describe("dh3 security", function()
 
     it("is not written to the journal, even in the error of an abandoned create", function()
       local path = dir .. "/dh3.journal"
-      do
-        local client <close> = new_client(emu.url, { journal = path })
+      with_client(new_client(emu.url, { journal = path }), function(client)
         local task = assert(client:create{ prompt = "journaled" })
         assert(task:wait{ interval = 0.1, timeout = 10 })
         local failed = assert(client:create{ prompt = "journaled {emu:fail=boom}" })
         assert.is_nil(failed:wait{ interval = 0.1, timeout = 10 })
-      end
-      do
-        local client <close> = new_client(emu.url, { journal = path, api_key = WRONG_KEY })
+      end)
+      with_client(new_client(emu.url, { journal = path, api_key = WRONG_KEY }), function(client)
         local _, err = client:create{ prompt = "journaled, refused" }
         assert.are.equal("auth", err.kind)
-      end
+      end)
       local text = read_file(path)
       assert.matches("journaled, refused", text) -- the abandoned intent is there
       for _, name in ipairs(ls(dir)) do assert_no_secret(read_file(dir .. "/" .. name), name) end
     end)
 
     it("travels only in the Authorization header of API requests: no URL, body or other header, no image request", function()
-      local client <close> = new_client(fake.a .. "/ok")
+      local client = new_client(fake.a .. "/ok")
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "where does the key go" })
       assert(task:status())
       assert(task:download(dir))
@@ -549,7 +567,8 @@ describe("dh3 security", function()
     end)
 
     it("leaves a User-Agent that names dh3 and libcurl only, not every library libcurl was built with", function()
-      local client <close> = new_client(fake.a .. "/ok")
+      local client = new_client(fake.a .. "/ok")
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "who is asking" })
       assert(task:status())
       local seen = fake:seen()
@@ -563,7 +582,8 @@ describe("dh3 security", function()
     it("is in no URL: the emulator's request log shows none", function()
       local logged = emulator.start{ keys = false, "--keys", KEY, "--queue-time", "0", "--process-time", "0.1",
         "--log" }
-      local client <close> = new_client(logged.url)
+      local client = new_client(logged.url)
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "logged" })
       assert(task:wait{ interval = 0.1, timeout = 10 })
       assert(task:download(dir))
@@ -575,7 +595,8 @@ describe("dh3 security", function()
     end)
 
     it("is never sent to the image host", function()
-      local client <close> = new_client(emu.url)
+      local client = new_client(emu.url)
+      finally(function() client:close() end)
       local task = assert(client:create{ prompt = "an image for a third party" })
       assert(task:wait{ interval = 0.1, timeout = 10 })
       assert(task:download(dir))
@@ -586,7 +607,8 @@ describe("dh3 security", function()
     end)
 
     it("is not sent along a redirect to another host: API redirects are not followed at all", function()
-      local client <close> = new_client(fake.a .. "/redirect")
+      local client = new_client(fake.a .. "/redirect")
+      finally(function() client:close() end)
       local task, err = client:create{ prompt = "redirected" }
       assert.is_nil(task)
       assert.are.equal(302, err.http_status)
@@ -600,7 +622,8 @@ describe("dh3 security", function()
     end)
 
     it("is not sent when an image download is redirected to another host", function()
-      local client <close> = new_client(fake.a .. "/imgelsewhere")
+      local client = new_client(fake.a .. "/imgelsewhere")
+      finally(function() client:close() end)
       local task = client:task(TASK_ID)
       assert(task:status())
       local paths = assert(task:download(dir))
@@ -617,7 +640,8 @@ describe("dh3 security", function()
     end)
 
     it("an image redirected to a file: URL is refused and nothing is written", function()
-      local client <close> = new_client(fake.a .. "/imgfile")
+      local client = new_client(fake.a .. "/imgfile")
+      finally(function() client:close() end)
       local task = client:task(TASK_ID)
       assert(task:status())
       local paths, err = task:download(dir)
@@ -630,10 +654,11 @@ describe("dh3 security", function()
 
   describe("caps on what a server controls", function()
     local function status_of(scenario)
-      local client <close> = new_client(fake.a .. "/" .. scenario)
-      local task = client:task(TASK_ID)
-      local state, err = task:status()
-      return state, err, task
+      return with_client(new_client(fake.a .. "/" .. scenario), function(client)
+        local task = client:task(TASK_ID)
+        local state, err = task:status()
+        return state, err, task
+      end)
     end
 
     it("an API answer over the body cap (4 MiB) is a protocol error", function()
@@ -641,7 +666,8 @@ describe("dh3 security", function()
       assert.is_nil(state)
       assert.are.equal("protocol", err.kind)
       assert.matches("larger than the client accepts", err.message)
-      local client <close> = new_client(fake.a .. "/bigbody")
+      local client = new_client(fake.a .. "/bigbody")
+      finally(function() client:close() end)
       local task, cerr = client:create{ prompt = "a huge answer" }
       assert.is_nil(task)
       assert.are.equal("protocol", cerr.kind)
@@ -678,7 +704,8 @@ describe("dh3 security", function()
       local dir = tmpdir()
       local dest = dir .. "/big.png"
       write_file(dest, "the file that was there")
-      local client <close> = new_client(fake.a .. "/oversize")
+      local client = new_client(fake.a .. "/oversize")
+      finally(function() client:close() end)
       local task = client:task(TASK_ID)
       assert(task:status())
       local paths, err = task:download(dest)
@@ -698,15 +725,16 @@ describe("dh3 security", function()
     before_each(function()
       base = tmpdir()
       dir = base .. "/a/b"
-      assert(os.execute("mkdir -p " .. sh(dir)))
+      assert(lua.execute("mkdir -p " .. sh(dir)))
     end)
     after_each(function() rm_rf(base) end)
 
     local function download(i, dest)
-      local client <close> = new_client(fake.a .. "/name-" .. i)
-      local task = client:task(TASK_ID)
-      assert(task:status())
-      return assert(task:download(dest or dir))
+      return with_client(new_client(fake.a .. "/name-" .. i), function(client)
+        local task = client:task(TASK_ID)
+        assert(task:status())
+        return assert(task:download(dest or dir))
+      end)
     end
 
     for i, row in ipairs(NAME_ROWS) do
@@ -724,12 +752,12 @@ describe("dh3 security", function()
     it("neither write through nor replace a symbolic link already at the destination", function()
       local target = outside .. "/precious"
       write_file(target, "precious")
-      assert(os.execute(("ln -s %s %s"):format(sh(target), sh(dir .. "/evil.png"))))
+      assert(lua.execute(("ln -s %s %s"):format(sh(target), sh(dir .. "/evil.png"))))
       local paths = download(1) -- "../../evil.png", made "evil.png", which is taken
       assert.are.equal(dir .. "/evil-2.png", paths[1])
       assert.are.equal("precious", read_file(target))
-      assert.is_true(os.execute("test -L " .. sh(dir .. "/evil.png")))
-      assert.is_true(os.execute("test -f " .. sh(paths[1]) .. " && test ! -L " .. sh(paths[1])))
+      assert.is_true(lua.execute("test -L " .. sh(dir .. "/evil.png")))
+      assert.is_true(lua.execute("test -f " .. sh(paths[1]) .. " && test ! -L " .. sh(paths[1])))
       os.remove(target)
     end)
   end)
@@ -808,13 +836,14 @@ io.open(done, "w"):close()
     teardown(function() emu:stop() end)
 
     it("keeps serving good deliveries through a flood of bad requests and half-open connections", function()
-      local client <close> = new_client(emu.url)
+      local client = new_client(emu.url)
+      finally(function() client:close() end)
       local listener = assert(client:listen{})
       local task = assert(client:create{ prompt = "delivered through a flood {emu:process=1.5}" })
       local done = os.tmpname()
       os.remove(done)
       local flood = spawn(FLOOD, { listener.url, "200", "3", done, task.id })
-      assert.matches("^held 200", flood.pipe:read("l"))
+      assert.matches("^held 200", flood.pipe:read("*l"))
       -- the delivery comes in ~1.5 s, while the flood goes on; polling alone would take 15 s
       local t0, at_delivery = core.now(), nil
       assert(task:wait{ timeout = 10, on_update = function(t)

@@ -49,12 +49,13 @@ describe("dh3 under a fault soak", function()
   end
 
   it(("creates each of %d tasks at most once and settles every one"):format(N), function()
-    local client <close> = assert(dh3.new{ api_key = emu.key, base_url = emu.url, create_qps = false,
+    local client = assert(dh3.new{ api_key = emu.key, base_url = emu.url, create_qps = false,
       max_retries = 8, retry_delay = 0.01 })
-    local first = round(client, N // 2)
+    finally(function() client:close() end)
+    local first = round(client, math.floor(N / 2))
     collectgarbage("collect")
     local memory_after_first = collectgarbage("count")
-    local second = round(client, N - N // 2)
+    local second = round(client, N - math.floor(N / 2))
     collectgarbage("collect")
     local memory_after_second = collectgarbage("count")
 

@@ -1,5 +1,6 @@
 local validate = require "dh3.validate"
 local contract = require "dh3.contract"
+local lua = require "helpers.lua"
 
 describe("dh3.validate", function()
   describe("task_input()", function()
@@ -13,7 +14,7 @@ describe("dh3.validate", function()
       { "2 characters", { prompt = "hi" }, "prompt must be 3 to 20000 characters, got 2" },
       { "3 characters of 2 bytes each", { prompt = "ééé" }, nil },
       { "20001 characters", { prompt = long .. "x" }, "prompt must be 3 to 20000 characters, got 20001" },
-      { "invalid UTF-8", { prompt = "abc\xff" }, "prompt is not valid UTF-8" },
+      { "invalid UTF-8", { prompt = "abc\255" }, "prompt is not valid UTF-8" },
       { "9 image URLs", { prompt = "abc", image_urls = { "http://a/1", "http://a/2", "http://a/3", "http://a/4",
           "http://a/5", "http://a/6", "http://a/7", "http://a/8", "http://a/9" } },
         "image_urls at most 8 reference images, got 9" },
@@ -100,7 +101,7 @@ describe("dh3.download", function()
     it("puts images in a folder under safe names, and numbers them after a file path", function()
       local dir = os.tmpname()
       os.remove(dir)
-      assert(os.execute("mkdir " .. dir))
+      assert(lua.execute("mkdir " .. dir))
       local images = { { file_name = "../x.png", content_type = "image/png" },
                        { file_name = "x.png", content_type = "image/png" } }
       assert.are.same({ dir .. "/x.png", dir .. "/t1-2.png" }, download.plan("t1", images, dir))

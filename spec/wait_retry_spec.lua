@@ -5,6 +5,7 @@
 local dh3 = require "dh3"
 local emulator = require "helpers.emulator"
 local files = require "helpers.files"
+local lua = require "helpers.lua"
 local now = require("dh3.core").now
 
 -- A client that does not retry a read by itself: each failed read reaches the wait at once.
@@ -39,7 +40,8 @@ describe("a wait during a short outage of the service", function()
   end)
 
   it("task:wait reads again through dropped connections, and returns the task", function()
-    local client <close> = new_client(emu)
+    local client = new_client(emu)
+    finally(function() client:close() end)
     local task = assert(client:create{ prompt = "through an outage" })
     outage(emu, client, "fault_drop", 1.5)
     local ok, err = task:wait{ timeout = 30, interval = 0.1 }
@@ -49,7 +51,8 @@ describe("a wait during a short outage of the service", function()
   end)
 
   it("task:wait reads again through 5xx answers", function()
-    local client <close> = new_client(emu)
+    local client = new_client(emu)
+    finally(function() client:close() end)
     local task = assert(client:create{ prompt = "through server errors" })
     outage(emu, client, "fault_5xx", 1.5)
     local ok, err = task:wait{ timeout = 30, interval = 0.1 }
@@ -58,7 +61,8 @@ describe("a wait during a short outage of the service", function()
   end)
 
   it("client:wait_all and client:watch read again, every task comes home", function()
-    local client <close> = new_client(emu)
+    local client = new_client(emu)
+    finally(function() client:close() end)
     local tasks = {}
     for i = 1, 3 do tasks[i] = assert(client:create{ prompt = "a batch through an outage " .. i }) end
     outage(emu, client, "fault_drop", 1.5)
@@ -84,7 +88,8 @@ describe("a wait during a short outage of the service", function()
 
   it("an outage longer than the wait ends it as a timeout that names the failing reads; "
     .. "what a retry cannot mend (an unknown task) ends it at once", function()
-    local client <close> = new_client(emu)
+    local client = new_client(emu)
+    finally(function() client:close() end)
     local task = assert(client:create{ prompt = "a long outage {emu:process=30}" })
     emu:config{ fault_drop = 1 }
     local ok, err = task:wait{ timeout = 1.5, interval = 0.1 }
@@ -109,16 +114,17 @@ describe("a wait during a short outage of the service", function()
 
   it("dh3 wait ID --timeout 30 outlives a 5 s outage (longer than a read's own retries)", function()
     local env = ("env DH3_API_KEY=%s DH3_BASE_URL=%s"):format(files.quote(emu.key), files.quote(emu.url))
-    local created = io.popen(env .. " lua5.4 bin/dh3 generate --no-wait 'waited through an outage' 2>&1")
-    local id = created:read("a"):match('"task_id":"(%x+)"')
+    local created = io.popen(env .. " " .. lua.command("bin/dh3", "generate", "--no-wait", "waited through an outage")
+      .. " 2>&1")
+    local id = created:read("*a"):match('"task_id":"(%x+)"')
     created:close()
     assert.is_string(id)
     emu:config{ fault_drop = 1 }
     local errfile = os.tmpname()
-    local p = assert(io.popen(env .. " lua5.4 bin/dh3 wait " .. id .. " --timeout 30 2>" .. errfile))
+    local p = assert(lua.popen(env .. " " .. lua.command("bin/dh3", "wait", id, "--timeout", "30") .. " 2>" .. errfile))
     os.execute("sleep 5")
     emu:config{ fault_drop = 0 }
-    local out = p:read("a")
+    local out = p:read("*a")
     local _, _, code = p:close()
     local err = files.read_file(errfile)
     os.remove(errfile)

@@ -43,7 +43,7 @@ local function read_prompts(path)
     f, err = io.open(path, "r")
     if not f then return nil, err end -- "PATH: No such file or directory"
   end
-  local data, rerr = f:read("a")
+  local data, rerr = f:read("*a")
   if f ~= io.stdin then f:close() end
   if not data then return nil, ("%s: %s"):format(path == "-" and "stdin" or path, rerr) end -- a folder
   local prompts, n = {}, 0
@@ -369,7 +369,7 @@ local function join_negative_values(argv)
   while i <= #argv do
     local a, nxt = argv[i], argv[i + 1]
     if a == "--" then
-      table.move(argv, i, #argv, #out + 1, out)
+      for j = i, #argv do out[#out + 1] = argv[j] end
       break
     end
     if VALUED[a] and nxt and nxt:find("^%-%.?%d") then
@@ -390,6 +390,11 @@ function M.main(argv, version)
   local ok, result = pcall(function()
     local args = parser:parse(join_negative_values(argv))
     if args.command == "emulator" then
+      if _VERSION ~= "Lua 5.4" then -- (LuaJIT says "Lua 5.1")
+        io.stderr:write("dh3 emulator: the emulator runs on Lua 5.4 only, not ", _VERSION,
+          type(jit) == "table" and " (LuaJIT)" or "", ": run `lua5.4 bin/dh3 emulator ...` or dh3-emulator\n")
+        return exitcode.USAGE
+      end
       return require("dh3.emulator").main(args.flags) or exitcode.OK
     end
     return execute(args, commands[args.command])

@@ -1,6 +1,11 @@
 -- The service's documented contract, in one place: the client validates against it before sending,
 -- and the emulator refuses with it exactly as the service does. See shared/api/dh3-api.md.
+-- Written for every Lua (the client's), the emulator's 5.4 among them: dh3.compat counts UTF-8.
+local compat = require "dh3.compat"
+
 local M = {}
+
+local utf8_len, is_integer = compat.utf8_len, compat.is_integer
 
 M.MODEL = "nano-banana-pro"
 M.CREATE_PATH = "/api/v1/task/create"
@@ -78,7 +83,7 @@ function M.check_input(input, callback_url)
   local prompt = input.prompt
   if prompt == nil then return "prompt", "is required" end
   if type(prompt) ~= "string" then return "prompt", "must be a string" end
-  local n = utf8.len(prompt)
+  local n = utf8_len(prompt)
   if not n then return "prompt", "is not valid UTF-8" end
   if n < M.PROMPT_MIN or n > M.PROMPT_MAX then
     return "prompt", ("must be %d to %d characters, got %d"):format(M.PROMPT_MIN, M.PROMPT_MAX, n)
@@ -88,7 +93,7 @@ function M.check_input(input, callback_url)
     if type(urls) ~= "table" then return "image_urls", "must be an array of strings" end
     local count = 0
     for k in pairs(urls) do
-      if math.type(k) ~= "integer" or k < 1 then return "image_urls", "must be an array of strings" end
+      if not is_integer(k) or k < 1 then return "image_urls", "must be an array of strings" end
       count = count + 1
     end
     if count ~= #urls then return "image_urls", "must be an array of strings" end

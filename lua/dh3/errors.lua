@@ -2,6 +2,7 @@
 -- retryable, maybe_created, retry_after, curl_error}. This module is the one place where the C core's
 -- facts (curl code, HTTP status, body) become a kind.
 local core = require "dh3.core"
+local compat = require "dh3.compat"
 
 local M = {}
 
@@ -93,7 +94,7 @@ local function sanitize(s, max)
 end
 M.sanitize = sanitize
 
-local type, math_type, json_decode = type, math.type, core.json_decode
+local type, is_integer, json_decode = type, compat.is_integer, core.json_decode
 
 -- The C core joins curl's name for a failure and its detailed text: "Couldn't connect to server:
 -- Failed to connect to h port 9 after 0 ms: Couldn't connect to server". Newer libcurl already
@@ -151,7 +152,7 @@ function M.from_response(res)
   end
   local status = res.status
   local doc = res.body and json_decode(res.body)
-  local code = type(doc) == "table" and math_type(doc.code) == "integer" and doc.code or nil
+  local code = type(doc) == "table" and is_integer(doc.code) and doc.code or nil
   if code == 200 and status >= 200 and status <= 299 then return doc end -- the common case, first
 
   local message = type(doc) == "table" and type(doc.message) == "string" and sanitize(doc.message, 300) or nil
@@ -177,14 +178,14 @@ end
 
 -- RFC 9111 1.2.2: delta-seconds too large to represent count as 2^31. Without it, 309 digits made
 -- math.huge (and 20 a float): found by fuzz/response.c, spec/fuzz_regressions_spec.lua.
-local MAX_DELTA_SECONDS = 1 << 31
+local MAX_DELTA_SECONDS = 2147483648 -- 2^31, an integer on 5.3+
 
 --- Retry-After in seconds, an integer (delta-seconds or an HTTP date), or nil.
 function M.parse_retry_after(value)
   if not value then return nil end
   local digits = value:match("^%s*(%d+)%s*$")
   if digits then
-    local n = math.tointeger(tonumber(digits)) -- nil past 2^63
+    local n = compat.tointeger(tonumber(digits)) -- nil past 2^63 (past 2^53 below Lua 5.3)
     return n and math.min(n, MAX_DELTA_SECONDS) or MAX_DELTA_SECONDS
   end
   local at = core.parse_http_date(value)

@@ -28,6 +28,7 @@
 -- on_error. serve() never raises: what breaks one connection closes it and goes to on_error.
 local socket = require "socket"
 local http1 = require "dh3.http1"
+local compat = require "dh3.compat"
 
 local M = {}
 
@@ -73,7 +74,7 @@ function M.new(opts)
     max_body = opts.max_body or d.max_body,
     max_request = nil, -- set below: the most one connection buffers
     idle_timeout = opts.idle_timeout or d.idle_timeout,
-    accept_budget = math.max(8, max_connections // 2), -- per serve(): see accept_all
+    accept_budget = math.max(8, math.floor(max_connections / 2)), -- per serve(): see accept_all
     conns = {},  -- the open connections, dense
     by_fd = {},  -- [descriptor] = connection
     open = 0, total = 0, evicted = 0,
@@ -354,7 +355,7 @@ local function dispatch(self, req)
     self.on_error(("the handler answered nothing to %s %s"):format(req.method, req.path))
     status, headers, body = 500, JSON, '{"code":500,"message":"internal error"}'
   end
-  return math.tointeger(status) or 500, headers, tostring(body)
+  return compat.tointeger(status) or 500, headers, tostring(body)
 end
 
 -- Serves the next request in conn.buf once it is complete; true when it queued an answer.

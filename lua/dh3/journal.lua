@@ -47,6 +47,7 @@
 -- kept: the file is mode 0600 (see SECURITY.md).
 local core = require "dh3.core"
 local errors = require "dh3.errors"
+local compat = require "dh3.compat"
 
 local M = {}
 
@@ -74,7 +75,7 @@ local function is_string(v) return type(v) == "string" and v ~= "" end
 
 -- What each record type needs to be usable; anything else makes the line unreadable.
 local VALID = {
-  [HEADER_TYPE] = function(r) return math.type(r.v) == "integer" end,
+  [HEADER_TYPE] = function(r) return compat.is_integer(r.v) end,
   intent = function(r) return is_string(r.lid) and type(r.input) == "table" end,
   created = function(r) return is_string(r.lid) and is_string(r.id) end,
   abandoned = function(r) return is_string(r.lid) end,
@@ -646,6 +647,7 @@ function Journal:close()
 end
 
 Journal.__close = Journal.close
+-- (Lua 5.1 and LuaJIT run no __gc for a table: there the C file closes itself when collected)
 Journal.__gc = Journal.close
 
 return M

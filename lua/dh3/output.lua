@@ -2,11 +2,15 @@
 -- callback), checked and typed: sizes as integers, URLs http(s), the status one of the four.
 local contract = require "dh3.contract"
 local errors = require "dh3.errors"
+local compat = require "dh3.compat"
 
 local M = {}
 
 -- locals, not globals: every status answer goes through here
-local type, pairs, tonumber, math_type, tointeger, find = type, pairs, tonumber, math.type, math.tointeger, string.find
+local type, pairs, tonumber, is_integer, tointeger, find =
+  type, pairs, tonumber, compat.is_integer, compat.tointeger, string.find
+-- Past 2^53 a double (every number below Lua 5.3) is no longer exact: refused on every Lua alike.
+local MAX_EXACT = compat.MAX_EXACT
 local is_state, is_http_url = contract.is_state, contract.is_http_url
 
 M.MAX_IMAGES = 64
@@ -23,7 +27,7 @@ local function to_integer(v)
     if #v <= 15 and find(v, "^%d+$") then return tointeger(tonumber(v)) end
     return nil
   end
-  if math_type(v) == "integer" and v >= 0 then return v end
+  if is_integer(v) and v >= 0 and v <= MAX_EXACT then return v end
   return nil
 end
 
@@ -67,7 +71,7 @@ function M.parse(out, into)
     -- skip images (or all of them) where a hole must be refused
     local n = 0
     for k in pairs(list) do
-      if math_type(k) ~= "integer" or k < 1 then return nil, "images is not an array" end
+      if not is_integer(k) or k < 1 then return nil, "images is not an array" end
       if k > n then n = k end
     end
     if n == 0 then return nil, "a successful task without images" end

@@ -2,6 +2,7 @@
 local core = require "dh3.core"
 local contract = require "dh3.contract"
 local errors = require "dh3.errors"
+local compat = require "dh3.compat"
 local validate = require "dh3.validate"
 local download = require "dh3.download"
 local output = require "dh3.output"
@@ -16,7 +17,7 @@ Task.__index = Task
 Task.__name = "dh3.task"
 
 function Task:__tostring()
-  return ("dh3.task(%s, %s)"):format(self.id or "not created", self.state)
+  return ("dh3.task(%s, %s)"):format(self.id or "not created", tostring(self.state))
 end
 
 function M.is_task(v)
@@ -269,8 +270,10 @@ end
 -- as engines loading textures. Returns the bytes, or nil, err.
 function Task:read(i, opts)
   i = i or 1
-  if math.type(i) ~= "integer" then
-    error(("bad argument #1 to 'read' (integer expected, got %s)"):format(math.type(i) or type(i)), 2)
+  if not compat.is_integer(i) then
+    -- a number that is not an integer is a float (below Lua 5.3: one with a fraction, or past 2^53)
+    local got = type(i) == "number" and "float" or type(i)
+    error(("bad argument #1 to 'read' (integer expected, got %s)"):format(got), 2)
   end
   opts = opts or {}
   validate.check_table("task:read", opts, DOWNLOAD_OPTIONS, 3)

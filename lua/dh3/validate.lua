@@ -3,6 +3,7 @@
 -- `invalid_request` error before any request is made.
 local contract = require "dh3.contract"
 local errors = require "dh3.errors"
+local compat = require "dh3.compat"
 
 local M = {}
 
@@ -60,7 +61,7 @@ function M.task_input(input, level)
   if input.image_urls then
     local urls = {}
     for k, v in pairs(input.image_urls) do
-      if math.type(k) ~= "integer" or type(v) ~= "string" then
+      if not compat.is_integer(k) or type(v) ~= "string" then
         error("task: field 'image_urls' must be an array of strings", level)
       end
       urls[k] = v
@@ -103,8 +104,8 @@ local RULES = {
     ("a number of seconds from 0 to %d"):format(M.MAX_SECONDS) },
   interval = { function(v) return finite(v) and v >= M.MIN_INTERVAL and v <= M.MAX_SECONDS end,
     ("a number of seconds from %g to %d"):format(M.MIN_INTERVAL, M.MAX_SECONDS) },
-  count = { function(v) return math.type(v) == "integer" and v >= 0 end, "a whole number >= 0" },
-  positive_count = { function(v) return math.type(v) == "integer" and v >= 1 end, "a whole number >= 1" },
+  count = { function(v) return compat.is_integer(v) and v >= 0 end, "a whole number >= 0" },
+  positive_count = { function(v) return compat.is_integer(v) and v >= 1 end, "a whole number >= 1" },
 }
 
 --- Raises (at `level` as seen from here) unless each field of `t` named in `rules` ({field =

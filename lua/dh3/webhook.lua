@@ -8,6 +8,7 @@
 -- the task is read with a GET before anything is believed.
 local core = require "dh3.core"
 local errors = require "dh3.errors"
+local compat = require "dh3.compat"
 local output = require "dh3.output"
 local validate = require "dh3.validate"
 
@@ -25,7 +26,7 @@ function M.parse(body)
   local doc, jerr = core.json_decode(body, M.MAX_BODY)
   if doc == nil then return refuse("not JSON (" .. errors.sanitize(jerr or "", 80) .. ")") end
   if type(doc) ~= "table" then return refuse("not a JSON object") end
-  if doc.code ~= nil and math.type(doc.code) ~= "integer" then return refuse("code is not an integer") end
+  if doc.code ~= nil and not compat.is_integer(doc.code) then return refuse("code is not an integer") end
   local result, why = output.parse(doc.nano_banana_pro_output)
   if not result then return refuse(why) end
   if not validate.task_id(result.task_id) then return refuse("no usable task_id") end
@@ -113,7 +114,7 @@ function M.listen(client, opts, level)
   end
   local max_connections = opts.max_connections or M.MAX_CONNECTIONS
   -- the engine waits on at most 256 descriptors of ours: the connections and the listening socket
-  if math.tointeger(max_connections) == nil or max_connections < 1 or max_connections > 250 then
+  if compat.tointeger(max_connections) == nil or max_connections < 1 or max_connections > 250 then
     error("listen: max_connections must be a whole number from 1 to 250", level)
   end
   local idle_timeout = opts.idle_timeout or M.IDLE_TIMEOUT

@@ -5,6 +5,7 @@
 local M = {}
 
 local process = require "dh3.emulator.process"
+local lua = require "helpers.lua"
 
 local KEY = "spec-key-0123456789"
 
@@ -12,7 +13,8 @@ local KEY = "spec-key-0123456789"
 local Emulator = setmetatable({}, { __index = process.Process })
 Emulator.__index = Emulator
 
---- args: array of extra command-line flags. Unless args.keys is false, the emulator accepts
+--- args: array of extra command-line flags. The emulator is Lua 5.4 only: it runs under lua5.4 (or
+-- DH3_SPEC_EMULATOR_LUA), whichever Lua runs the specs. Unless args.keys is false, the emulator accepts
 -- exactly one key, emu.key. With --tls-cert CERT (HTTPS), emu.ca_file is CERT: the certificate a
 -- client must trust (a self-signed one is its own authority).
 function M.start(args)
@@ -22,7 +24,7 @@ function M.start(args)
     argv[1], argv[2] = "--keys", KEY
   end
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  local emu = assert(process.start(argv, { lua = os.getenv("DH3_SPEC_LUA") }))
+  local emu = assert(process.start(argv, { lua = lua.emulator }))
   emu.key = KEY
   for i, a in ipairs(argv) do
     if a == "--tls-cert" then emu.ca_file = argv[i + 1] end

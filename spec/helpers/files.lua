@@ -13,7 +13,7 @@ end
 function M.tmpdir()
   local dir = os.tmpname()
   os.remove(dir)
-  assert(os.execute("mkdir -m 700 " .. M.quote(dir)))
+  assert(require("helpers.lua").execute("mkdir -m 700 " .. M.quote(dir)))
   return dir
 end
 
@@ -26,7 +26,7 @@ end
 function M.read_file(path)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end

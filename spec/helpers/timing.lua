@@ -3,7 +3,7 @@
 local M = { SLOW = 1 }
 
 local f = io.open("/proc/self/maps", "r")
-local maps = f and f:read("a") or ""
+local maps = f and f:read("*a") or ""
 if f then f:close() end
 if maps:find("vgpreload", 1, true) then
   M.SLOW = 25

@@ -1,5 +1,9 @@
 -- Text for people: sizes, durations, a progress bar, and cutting a line to the terminal's width.
+local compat = require "dh3.compat"
+
 local M = {}
+
+local floor, utf8_len, utf8_offset = math.floor, compat.utf8_len, compat.utf8_offset
 
 local UNITS = { "KiB", "MiB", "GiB", "TiB" }
 
@@ -18,8 +22,8 @@ end
 function M.duration(seconds)
   if seconds < 60 then return ("%.1fs"):format(seconds) end
   local s = math.floor(seconds)
-  if s < 3600 then return ("%dm%02ds"):format(s // 60, s % 60) end
-  return ("%dh%02dm"):format(s // 3600, s % 3600 // 60)
+  if s < 3600 then return ("%dm%02ds"):format(floor(s / 60), s % 60) end
+  return ("%dh%02dm"):format(floor(s / 3600), floor(s % 3600 / 60))
 end
 
 --- How long ago, in whole units: 45s, 12m, 3h05m, 2d04h ("?" when unknown or in the future by
@@ -28,9 +32,9 @@ function M.age(seconds)
   if type(seconds) ~= "number" or seconds ~= seconds or seconds < -60 then return "?" end
   local s = math.max(0, math.floor(seconds))
   if s < 60 then return ("%ds"):format(s) end
-  if s < 3600 then return ("%dm"):format(s // 60) end
-  if s < 86400 then return ("%dh%02dm"):format(s // 3600, s % 3600 // 60) end
-  return ("%dd%02dh"):format(s // 86400, s % 86400 // 3600)
+  if s < 3600 then return ("%dm"):format(floor(s / 60)) end
+  if s < 86400 then return ("%dh%02dm"):format(floor(s / 3600), floor(s % 3600 / 60)) end
+  return ("%dd%02dh"):format(floor(s / 86400), floor(s % 86400 / 3600))
 end
 
 --- [=========>          ] for a fraction in 0..1, `width` characters inside the brackets.
@@ -47,7 +51,7 @@ end
 -- those above 127 shown as "?" (never cut inside what a terminal may draw oddly).
 local function drawable(text)
   text = text:gsub("%c", " ")
-  local n = utf8.len(text)
+  local n = utf8_len(text)
   if not n then
     text = text:gsub("[\128-\255]", "?")
     n = #text
@@ -67,7 +71,7 @@ function M.fit(text, columns)
   text, n = drawable(text)
   if n <= columns then return text end
   if columns <= 3 then return ("."):rep(math.max(columns, 0)) end
-  return text:sub(1, utf8.offset(text, columns - 3 + 1) - 1) .. "..."
+  return text:sub(1, utf8_offset(text, columns - 3 + 1) - 1) .. "..."
 end
 
 --- As fit, but keeping the end of `text` and starting with "..." when cut: for a path, whose
@@ -77,7 +81,7 @@ function M.fit_end(text, columns)
   text, n = drawable(text)
   if n <= columns then return text end
   if columns <= 3 then return ("."):rep(math.max(columns, 0)) end
-  return "..." .. text:sub(utf8.offset(text, n - (columns - 3) + 1))
+  return "..." .. text:sub(utf8_offset(text, n - (columns - 3) + 1))
 end
 
 return M

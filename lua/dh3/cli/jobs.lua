@@ -3,6 +3,7 @@
 -- Jobs tell a reporter (dh3.cli.terminal or dh3.cli.jsonlines) what happens, and end with an
 -- exit code (dh3.cli.exitcode).
 local core = require "dh3.core"
+local compat = require "dh3.compat"
 local exitcode = require "dh3.cli.exitcode"
 local format = require "dh3.cli.format"
 
@@ -165,7 +166,8 @@ function M.run(client, jobs, plan, reporter, redraw)
   for _, job in ipairs(jobs) do
     client:spawn(function()
       -- a bug of ours in one job must not hide the others' outcomes, nor lose their task ids
-      local ok, trace = xpcall(run_job, debug.traceback, client, job, plan, reporter)
+      -- compat.coxpcall: the job waits (yields) inside, which plain Lua 5.1's xpcall cannot carry
+      local ok, trace = compat.coxpcall(run_job, debug.traceback, client, job, plan, reporter)
       if not ok then
         job.code, job.phase = exitcode.ERROR, "error"
         io.stderr:write("dh3: internal error: ", trace, "\n")

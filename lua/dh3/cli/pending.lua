@@ -4,6 +4,7 @@
 -- take up again: the intents whose answer never came back (possibly created, id unknown).
 local journal = require "dh3.journal"
 local format = require "dh3.cli.format"
+local compat = require "dh3.compat"
 
 local M = {}
 
@@ -56,7 +57,7 @@ function M.prompt(input)
 end
 
 local function utc(at)
-  return math.type(at) == "integer" and os.date("!%Y-%m-%d %H:%M:%S UTC", at) or "an unknown time"
+  return compat.is_integer(at) and os.date("!%Y-%m-%d %H:%M:%S UTC", at) or "an unknown time"
 end
 
 --- The stderr line for an unanswered create (`u`: {local_id, input, at}).

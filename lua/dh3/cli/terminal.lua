@@ -22,14 +22,15 @@ Terminal.__index = Terminal
 function M.is_terminal()
   local term = os.getenv("TERM")
   if term == nil or term == "" or term == "dumb" then return false end
-  return os.execute("test -t 1") == true
+  local status = os.execute("test -t 1")
+  return status == true or status == 0 -- 5.2+: true; 5.1 and LuaJIT: the exit status
 end
 
 --- The terminal's columns and lines: from stty on stdin when it is the terminal, else from
 -- COLUMNS/LINES, else 80x24.
 function M.size()
   local p = io.popen("stty size 2>/dev/null")
-  local out = p and p:read("a") or ""
+  local out = p and p:read("*a") or ""
   if p then p:close() end
   local lines, columns = out:match("^(%d+)%s+(%d+)")
   lines = tonumber(lines) or tonumber(os.getenv("LINES")) or 24
