@@ -20,8 +20,23 @@ M.Process = Process
 
 -- The folder the running dh3 was loaded from ("lua/" in a source tree, the share/lua/5.x/ of an
 -- install), so that the child loads the same files; nil when it cannot be told.
+-- package.searchpath where the Lua has it (5.2 and later), else the same search by hand (5.1).
+local function searchpath(name, path)
+  if package.searchpath then return package.searchpath(name, path) end
+  local file = name:gsub("%.", "/")
+  for template in path:gmatch("[^;]+") do
+    local candidate = template:gsub("%?", file)
+    local f = io.open(candidate, "r")
+    if f then
+      f:close()
+      return candidate
+    end
+  end
+  return nil
+end
+
 local function module_root()
-  local file = package.searchpath and package.searchpath("dh3.emulator", package.path)
+  local file = searchpath("dh3.emulator", package.path)
   local tail = "dh3/emulator/init.lua"
   if file and file:sub(-#tail) == tail then return file:sub(1, -#tail - 1) end
   return nil
