@@ -44,7 +44,7 @@ CFLAGS       ?= $(OPT)
 ALL_CFLAGS    = $(WARN) -fPIC -fvisibility=hidden $(CFLAGS) $(LUA_CFLAGS) $(CURL_CFLAGS)
 LDFLAGS      ?=
 SPECS        ?= spec
-SPEC_JOBS    ?= 4
+SPEC_JOBS    ?= 6
 SPEC_TIMEOUT ?= 900
 DH3_SPEC_GC  ?=
 BUSTED_ARGS  ?=

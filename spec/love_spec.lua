@@ -3,6 +3,7 @@
 -- then reads its screenshot and the image it was given, both with the small PNG reader below, and
 -- checks that the screen shows that image where the game says it drew it, and that no frame took
 -- over 50 ms. Written in the Lua every interpreter accepts (the suite also runs under LuaJIT).
+-- spec/run.sh: alone (a frame budget on the wall clock: nothing may run beside it)
 local emulator = require "helpers.emulator"
 local zlib = require "zlib"
 
