@@ -541,8 +541,8 @@ describe("the dh3 command", function()
 
     -- Starts `dh3 generate PROMPT --journal PATH` against `emu`; returns its pipe and pid once its
     -- create has left (the intent is in the journal).
-    local function generate_until_sent(emu, prompt, path, errfile)
-      local words = env_words{ DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url }
+    local function generate_until_sent(service, prompt, path, errfile)
+      local words = env_words{ DH3_API_KEY = service.key, DH3_BASE_URL = service.url }
       local p = assert(lua.popen("echo $$; exec " .. table.concat(words, " ") .. " " .. lua.cli .. " generate "
         .. sh(prompt) .. " --journal " .. sh(path) .. " 2>" .. sh(errfile)))
       local pid = assert(tonumber(p:read("*l")))

@@ -216,7 +216,7 @@ describe("dh3 against the emulator", function()
       finally(function() client:close() end)
       local task = assert(client:create{ prompt = "patience {emu:queue=1.2}" })
       local times = {}
-      client.on_request = function(info) times[#times + 1] = core.now() end
+      client.on_request = function() times[#times + 1] = core.now() end
       assert(task:wait{ interval = 0.05, max_interval = 0.2 })
       local gaps = {}
       for i = 2, #times do gaps[#gaps + 1] = times[i] - times[i - 1] end
@@ -526,6 +526,7 @@ describe("dh3 under faults", function()
       ids[#ids + 1] = t.id
     end
     local stats = emu:stats()
+    assert.are.equal(6, #ids)
     assert.are.equal(6, stats.creates)
     assert.is_true(stats.faults["5xx"] + stats.faults["429"] > 0)
   end)

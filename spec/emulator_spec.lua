@@ -245,6 +245,7 @@ describe("dh3-emulator", function()
       status, text, headers = emu:http("DELETE", "/api/v1/task/get?task_id=x", nil, auth(emu))
       assert.are.equal(405, status)
       assert.are.equal("GET", headers["allow"])
+      assert.are.equal(405, decode(text).code)
     end)
 
     it("answers 404 JSON for unknown paths and counts them as other", function()
@@ -328,6 +329,7 @@ describe("dh3-emulator", function()
 
     local nine = {}
     for i = 1, 9 do nine[i] = "http://example.com/" .. i .. ".png" end
+    -- luacheck: push ignore 631 (one case a line)
     local rows = {
       { "a missing prompt", { image_urls = { "http://example.com/a.png" } }, nil, 422, "nano_banana_pro_input.prompt: is required" },
       { "a short prompt", { prompt = "ab" }, nil, 422, "nano_banana_pro_input.prompt: must be 3 to 20000 characters, got 2" },
@@ -349,6 +351,7 @@ describe("dh3-emulator", function()
       { "every option at once", { prompt = "all options", image_urls = { "https://example.com/a.jpg" },
         aspect_ratio = "21:9", resolution = "2K", output_format = "jpg" }, { callback_url = "http://127.0.0.1:1/cb" }, 200 },
     }
+    -- luacheck: pop
     for _, row in ipairs(rows) do
       local name, input, extra, want_status, want_message = row[1], row[2], row[3], row[4], row[5]
       it(("answers %d to %s"):format(want_status, name), function()
@@ -962,14 +965,14 @@ describe("dh3-emulator", function()
 
     it("serves 200 concurrent keep-alive connections", function()
       -- its own emulator: a slow run (valgrind) must not meet the short idle timeout of the others
-      local emu = emulator.start{}
-      finally(function() emu:stop() end)
+      local own = emulator.start{}
+      finally(function() own:stop() end)
       local socks = {}
-      for i = 1, 200 do socks[i] = raw(emu) end
+      for i = 1, 200 do socks[i] = raw(own) end
       for round = 1, 2 do
         for i, sock in ipairs(socks) do
           sock:send(("GET /api/v1/task/get?task_id=%d-%d HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n")
-            :format(round, i, emu.key))
+            :format(round, i, own.key))
         end
         for _, sock in ipairs(socks) do
           local status, headers, body = read_response(sock)
@@ -978,7 +981,7 @@ describe("dh3-emulator", function()
           assert.are.equal(404, decode(body).code)
         end
       end
-      local stats = emu:stats()
+      local stats = own:stats()
       assert.is_true(stats.connections.open >= 200)
       assert.are.equal(400, count(stats, "GET /api/v1/task/get", 404))
       for _, sock in ipairs(socks) do sock:close() end

@@ -9,7 +9,6 @@ local lua = require "helpers.lua"
 local sh, make_tmpdir, ls = files.quote, files.tmpdir, files.ls
 local read_file, write_file = files.read_file, files.write_file
 
-local HEADER = '{"t":"dh3-journal","v":1}\n'
 local TORN = '{"t":"created","lid":"ab' -- a record a crash cut short
 
 local function body(prompt)

@@ -662,7 +662,9 @@ describe("dh3.journal", function()
       assert.are.equal("opened\n", (open_elsewhere(path)))
       kill9(sleeper)
       j = assert(journal.open(path))
-      j = nil -- luacheck: ignore
+      assert.matches("^dh3%.journal", tostring(j))
+      assert.matches("^refused journal", (open_elsewhere(path))) -- held by j, until it is collected
+      j = nil -- luacheck: ignore 311 (dropped for the collector)
       collectgarbage()
       collectgarbage()
       assert.are.equal("opened\n", (open_elsewhere(path)))

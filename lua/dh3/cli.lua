@@ -302,7 +302,9 @@ local function resume(args, command)
   local prompts = {}
   for _, t in ipairs(state.tasks) do prompts[t.task_id] = pending.prompt(t.input) end
   local jobs = {}
-  for i, task in ipairs(tasks) do jobs[i] = jobs_mod.new(i, { id = task.id, task = task, prompt = prompts[task.id] }) end
+  for i, task in ipairs(tasks) do
+    jobs[i] = jobs_mod.new(i, { id = task.id, task = task, prompt = prompts[task.id] })
+  end
   local code = exitcode.OK
   if #jobs > 0 then
     plan.dest = plan.dest or assert(destination.new(args.out, true))

@@ -7,7 +7,7 @@ local retry = require "dh3.retry"
 local ratelimit = require "dh3.ratelimit"
 local scheduler = require "dh3.scheduler"
 local validate = require "dh3.validate"
-local task = require "dh3.task"
+local task_module = require "dh3.task"
 local poller = require "dh3.poller"
 local compat = require "dh3.compat"
 
@@ -267,7 +267,7 @@ end
 --- A task: from an input table (created later by task:create) or an existing id (no request made).
 function Client:task(input)
   self:_scheduler()
-  local t = task.new(self, input, 3)
+  local t = task_module.new(self, input, 3)
   return t
 end
 
@@ -277,7 +277,7 @@ function Client:create(input)
   if type(input) ~= "table" then
     error(("bad argument #1 to 'create' (table expected, got %s)"):format(type(input)), 2)
   end
-  local t = task.new(self, input, 3)
+  local t = task_module.new(self, input, 3)
   return t:create()
 end
 
@@ -492,7 +492,7 @@ function Client:pending()
   end
   local state = self._journal:pending()
   local tasks = {}
-  for i, t in ipairs(state.tasks) do tasks[i] = task.new(self, t.task_id, 2) end
+  for i, t in ipairs(state.tasks) do tasks[i] = task_module.new(self, t.task_id, 2) end
   return tasks, state.unanswered
 end
 

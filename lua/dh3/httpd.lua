@@ -271,7 +271,7 @@ local JSON = { ["Content-Type"] = "application/json" }
 
 -- Answers a request the server refuses, then stops reading requests: the connection is drained
 -- for a moment (closing with unread data would reset it, and the peer could lose the answer).
-local function refuse(self, conn, problem, now)
+local function refuse(_, conn, problem, now)
   local body = ('{"code":%d,"message":"%s"}'):format(problem.status, problem.message)
   queue(conn, format_response(problem.status, JSON, body, false))
   conn.after_out, conn.head, conn.buf = "drain", nil, ""

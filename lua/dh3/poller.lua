@@ -112,7 +112,8 @@ function Group:_poll(e, token, once)
         e.failures, e.last_err = e.failures + 1, err
         if once then return end -- a stand-in's read: the task's own entry is still queued
         local longest = math.max(select(2, self:_interval(task)), err.retry_after or 0)
-        e.at = self.sched.now() + math.min(retry.backoff(e.failures, self.interval, err.retry_after) or longest, longest)
+        local pause = retry.backoff(e.failures, self.interval, err.retry_after) or longest
+        e.at = self.sched.now() + math.min(pause, longest)
         return push(self.heap, e)
       end
     end

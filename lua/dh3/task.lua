@@ -1,5 +1,4 @@
 -- One generation task: created once, then read, waited on and downloaded.
-local core = require "dh3.core"
 local contract = require "dh3.contract"
 local errors = require "dh3.errors"
 local compat = require "dh3.compat"
