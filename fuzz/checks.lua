@@ -38,7 +38,7 @@ local function check_error(err)
   end
 end
 
--- output.parse's result, as task:status and webhook.parse hand it on.
+-- output.parse's result, as webhook.parse hands it on (task:status reads the same fields with output.read).
 local function check_result(result, why)
   if result == nil then
     check(type(why) == "string", "output.parse: no reason (%s)", type(why))

@@ -477,7 +477,7 @@ end
 function Client:_delivered(result, trusted)
   local t = self._tasks[result.task_id]
   if not t then return false end
-  if trusted then t:_apply(result) end
+  if trusted then t:_apply(result.state, result.images, result.error) end
   t:_wake()
   return true
 end

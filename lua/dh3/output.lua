@@ -53,10 +53,10 @@ local function parse_image(img, i)
     width = width, height = height }
 end
 
---- {task_id, state, images, error} from a nano_banana_pro_output object, or nil and what is wrong.
--- task_id is nil when the object has none; extra fields are ignored. The fields go into `into`
--- when given (a caller that only copies them on reuses one table), else into a new table.
-function M.parse(out, into)
+--- The state, task_id, images and error of a nano_banana_pro_output object, as four values (a
+-- status read copies them into its task at once: no table in between); or nil and what is wrong.
+-- task_id is nil when the object has none; extra fields are ignored.
+function M.read(out)
   if type(out) ~= "table" then return nil, "no nano_banana_pro_output object" end
   local task_id, status = out.task_id, out.status
   if task_id ~= nil and type(task_id) ~= "string" then return nil, "task_id is not a string" end
@@ -85,9 +85,14 @@ function M.parse(out, into)
   elseif status == "fail" then
     err = type(out.err_msg) == "string" and out.err_msg or "the task failed"
   end
-  if not into then return { task_id = task_id, state = status, images = images, error = err } end
-  into.task_id, into.state, into.images, into.error = task_id, status, images, err
-  return into
+  return status, task_id, images, err
+end
+
+--- {task_id, state, images, error} from a nano_banana_pro_output object, or nil and what is wrong.
+function M.parse(out)
+  local state, task_id, images, err = M.read(out)
+  if not state then return nil, task_id end
+  return { task_id = task_id, state = state, images = images, error = err }
 end
 
 return M

@@ -9,7 +9,7 @@ local scheduler_cancelled = require("dh3.scheduler").CANCELLED
 
 local M = {}
 
-local GET_PATH, is_terminal, parse_output = contract.GET_PATH, contract.is_terminal, output.parse
+local GET_PATH, is_terminal, read_output = contract.GET_PATH, contract.is_terminal, output.read
 
 local Task = {}
 Task.__index = Task
@@ -169,11 +169,11 @@ function Task:_wake()
 end
 -- }======================================================================
 
--- Applies a task's reported state (output.parse's result) to self; records a terminal state in
--- the journal the first time it is seen.
-function Task:_apply(result)
+-- Applies a task's reported state to self; records a terminal state in the journal the first
+-- time it is seen.
+function Task:_apply(state, images, err)
   local was_done = is_terminal[self.state]
-  self.state, self.images, self.error = result.state, result.images, result.error
+  self.state, self.images, self.error = state, images, err
   local journal = self.client._journal
   if journal and not was_done and is_terminal[self.state] then journal:finished(self.id, self.state, self.images) end
 end
@@ -192,15 +192,15 @@ function Task:status(deadline, op)
   local doc, err = self.client:_api("GET", GET_PATH, nil, self, deadline, op)
   if own then self:_end_op(op) end
   if not doc then return nil, err end
-  local result, why = parse_output(doc.nano_banana_pro_output)
-  if result and result.task_id ~= nil and result.task_id ~= id then
-    result, why = nil, "the answer is about another task"
+  local state, task_id, images, error_message = read_output(doc.nano_banana_pro_output)
+  if not state then -- task_id is then what is wrong
+    return nil, errors.new("protocol", "status answer: " .. task_id, { task_id = id })
   end
-  if not result then
-    return nil, errors.new("protocol", "status answer: " .. why, { task_id = self.id })
+  if task_id ~= nil and task_id ~= id then
+    return nil, errors.new("protocol", "status answer: the answer is about another task", { task_id = id })
   end
-  self:_apply(result)
-  return self.state
+  self:_apply(state, images, error_message)
+  return state
 end
 
 function Task:done()
