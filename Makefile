@@ -181,7 +181,7 @@ BENCH_DEB_PACKAGES ?= nginx wrk hyperfine python3-requests lua-socket lua-cjson 
 BENCH_DEPS_STAMP   ?= bench/.deps-ok
 bench: all
 	@$(MAKE) --no-print-directory $(BENCH_DEPS_STAMP) DEPS_STAMP=$(BENCH_DEPS_STAMP) DEB_PACKAGES="$(BENCH_DEB_PACKAGES)"
-	LUA=$(LUA) CC=$(CC) $(LUA) bench/run.lua
+	LUA=$(LUA) CC=$(CC) BENCH_CORE=$(CORE) lua5.4 bench/run.lua
 
 # Fuzzing (fuzz/README.md): libFuzzer + ASan + UBSan harnesses over the response path, the JSON
 # bridge and the webhook parser, built in FUZZ_DIR from the core's sources (dh3/core.so is not

@@ -22,7 +22,8 @@ local now = socket.gettime -- the runner itself loads nothing of dh3 but the emu
 local env = os.getenv
 local QUICK = env("BENCH_QUICK") == "1"
 local RUNS = tonumber(env("BENCH_RUNS") or "") or (QUICK and 1 or 5)
-local LUA = env("LUA") or "lua5.4"
+local LUA = env("LUA") or "lua5.4" -- what runs dh3's workers (this script and the emulator: 5.4)
+local CORE = env("BENCH_CORE") or "dh3/core.so" -- the build of dh3.core for that Lua
 local PYTHON = env("BENCH_PYTHON") or "/usr/bin/python3"
 local NGINX = env("BENCH_NGINX") or "nginx"
 local CC = env("CC") or "cc"
@@ -553,13 +554,13 @@ local function main(ctx)
   -- rebuild or an edit while the benchmarks run changes nothing here
   ctx.tree = ctx.dir .. "/tree"
   sh(("cp -R lua bin %s/"):format(ctx.tree))
-  if sh("nm -D dh3/core.so 2>/dev/null | grep -c __asan_init || true"):match("^%s*[1-9]") then
+  if sh(("nm -D %s 2>/dev/null | grep -c __asan_init || true"):format(CORE)):match("^%s*[1-9]") then
     -- a `make asan` is running (it swaps in a sanitizer build): build a plain one of our own
     log("dh3/core.so is a sanitizer build; building a plain copy for the benchmarks")
     sh(("make --no-print-directory -s OBJDIR=%s/build CORE=%s/dh3/core.so %s/dh3/core.so")
       :format(ctx.dir, ctx.tree, ctx.tree))
   else
-    sh(("cp dh3/core.so %s/dh3/core.so"):format(ctx.tree))
+    sh(("cp %s %s/dh3/core.so"):format(CORE, ctx.tree))
   end
   ctx.dh3 = ("BENCH_TREE=%s %s bench/workers/dh3.lua "):format(ctx.tree, LUA)
   ctx.floor = ctx.dir .. "/floor"
@@ -574,7 +575,7 @@ local function main(ctx)
   ctx.nginx = start_nginx(ctx.dir)
   log("nginx on %s, files in %s", ctx.nginx.url, ctx.dir)
   ctx.emulator = assert(emulator_process.start({ "--create-qps", tostring(N.qps), "--seed", "6" },
-    { lua = LUA, bin = ctx.tree .. "/bin/dh3-emulator" }))
+    { lua = "lua5.4", bin = ctx.tree .. "/bin/dh3-emulator" }))
   log("dh3-emulator on %s", ctx.emulator.url)
 
   local rows = {}

@@ -28,7 +28,8 @@ local function report(fields)
   local out = {}
   for _, k in ipairs(keys) do
     local v = fields[k]
-    if math.type(v) == "float" then v = ("%.6f"):format(v) end
+    -- whole numbers in full, others with six decimals, on every Lua (below 5.3 all are floats)
+    if type(v) == "number" then v = v % 1 == 0 and ("%d"):format(v) or ("%.6f"):format(v) end
     out[#out + 1] = k .. "=" .. tostring(v)
   end
   print(table.concat(out, " "))
@@ -37,7 +38,7 @@ end
 -- KiB figures of /proc/self/status (VmHWM: peak resident set; VmRSS: now).
 local function proc_status(field)
   local f = assert(io.open("/proc/self/status"))
-  local text = f:read("a")
+  local text = f:read("*a")
   f:close()
   return tonumber(text:match(field .. ":%s*(%d+) kB"))
 end
@@ -45,8 +46,8 @@ end
 local modes = {}
 
 function modes.status(base, n)
-  n = math.tointeger(tonumber(n))
-  local client <close> = assert(dh3.new{ api_key = KEY, base_url = base })
+  n = math.floor(tonumber(n))
+  local client = assert(dh3.new{ api_key = KEY, base_url = base })
   local task = client:task("bench-1")
   assert(task:status()) -- the connection is made outside the timed loop, as for the peers
   local t0, c0 = core.now(), os.clock()
@@ -63,7 +64,7 @@ end
 -- driven by a minimal Lua loop: engine:request, engine:perform, engine:next_done), with or
 -- without decoding the body through dh3's JSON bridge. Not public API: a diagnostic.
 function modes.core(base, n, json)
-  n = math.tointeger(tonumber(n))
+  n = math.floor(tonumber(n))
   local engine = core.engine{ user_agent = "dh3-bench" }
   local headers = { "Authorization: Bearer " .. KEY, "Content-Type: application/json", "Accept: application/json" }
   local url = base .. "/api/v1/task/get?task_id=bench-1"
@@ -89,7 +90,7 @@ end
 -- The same for concurrency: N GETs with CONC in flight on dh3.core alone, each answer decoded,
 -- no coroutines, no poller (what wait_all costs above this is the Lua layer's).
 function modes.core_multi(base, n, conc)
-  n, conc = math.tointeger(tonumber(n)), math.tointeger(tonumber(conc))
+  n, conc = math.floor(tonumber(n)), math.floor(tonumber(conc))
   local engine = core.engine{ user_agent = "dh3-bench" }
   local headers = { "Authorization: Bearer " .. KEY, "Content-Type: application/json", "Accept: application/json" }
   local decode = core.json_decode
@@ -117,8 +118,8 @@ function modes.core_multi(base, n, conc)
 end
 
 function modes.wait_all(base, n, conc)
-  n, conc = math.tointeger(tonumber(n)), math.tointeger(tonumber(conc))
-  local client <close> = assert(dh3.new{ api_key = KEY, base_url = base })
+  n, conc = math.floor(tonumber(n)), math.floor(tonumber(conc))
+  local client = assert(dh3.new{ api_key = KEY, base_url = base })
   local tasks = {}
   for i = 1, n do tasks[i] = client:task("bench-" .. i) end
   -- interval: the first polls are spread over one interval; nginx answers success at once, so
@@ -133,9 +134,9 @@ function modes.wait_all(base, n, conc)
 end
 
 function modes.pacing(emu, n)
-  n = math.tointeger(tonumber(n))
+  n = math.floor(tonumber(n))
   local starts, statuses = {}, {}
-  local client <close> = assert(dh3.new{ api_key = KEY, base_url = emu, create_qps = 3,
+  local client = assert(dh3.new{ api_key = KEY, base_url = emu, create_qps = 3,
     on_request = function(info)
       if info.method == "POST" then
         -- the hook runs when the answer is in; the request went out `seconds` earlier
@@ -158,7 +159,7 @@ function modes.pacing(emu, n)
 end
 
 function modes.download(base, dest)
-  local client <close> = assert(dh3.new{ api_key = KEY, base_url = base })
+  local client = assert(dh3.new{ api_key = KEY, base_url = base })
   local task = client:task("bench-dl")
   assert(task:status())
   local size = task.images[1].file_size
@@ -176,8 +177,8 @@ function modes.download(base, dest)
 end
 
 function modes.memory(base, n, conc)
-  n, conc = math.tointeger(tonumber(n)), math.tointeger(tonumber(conc))
-  local client <close> = assert(dh3.new{ api_key = KEY, base_url = base })
+  n, conc = math.floor(tonumber(n)), math.floor(tonumber(conc))
+  local client = assert(dh3.new{ api_key = KEY, base_url = base })
   local interval = 1
   -- a first wait_all of a few tasks, so code paths, caches and the connection pool are warm
   -- and what follows counts the tasks, not the first use of the machinery
