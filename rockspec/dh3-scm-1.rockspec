@@ -71,6 +71,7 @@ build = {
     ["dh3.output"] = "lua/dh3/output.lua",
     ["dh3.poller"] = "lua/dh3/poller.lua",
     ["dh3.ratelimit"] = "lua/dh3/ratelimit.lua",
+    ["dh3.random"] = "lua/dh3/random.lua",
     ["dh3.retry"] = "lua/dh3/retry.lua",
     ["dh3.scheduler"] = "lua/dh3/scheduler.lua",
     ["dh3.task"] = "lua/dh3/task.lua",

@@ -107,7 +107,7 @@ describe("dh3.journal", function()
 
     it("raises on a wrong argument or a misspelt option", function()
       assert.has_error(function() journal.open(nil) end, "bad argument #1 to 'open' (a path expected, got nil)")
-      assert.has_error(function() journal.open(path, { compact = 5 }) end, "journal.open: unknown option 'compact'")
+      assert.has_error(function() journal.open(path, { compact = 5 }) end, "journal.open: unknown field 'compact' (did you mean 'compact_at'?)")
     end)
   end)
 

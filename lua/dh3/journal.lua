@@ -48,6 +48,8 @@
 local core = require "dh3.core"
 local errors = require "dh3.errors"
 local compat = require "dh3.compat"
+local random = require "dh3.random"
+local validate = require "dh3.validate"
 
 local M = {}
 
@@ -150,14 +152,6 @@ local function copy(v)
   local out = {}
   for k, x in pairs(v) do out[k] = copy(x) end
   return out
-end
-
-local function random_id()
-  local f = io.open("/dev/urandom", "rb")
-  local bytes = f and f:read(16)
-  if f then f:close() end
-  if not bytes or #bytes ~= 16 then return nil end
-  return (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
 
 local function as_reason(reason)
@@ -382,10 +376,7 @@ end
 function M.open(path, opts)
   check_path(path, "open")
   opts = opts or {}
-  for k, v in pairs(opts) do
-    if OPEN_OPTIONS[k] == nil then error(("journal.open: unknown option '%s'"):format(tostring(k)), 2) end
-    if type(v) ~= OPEN_OPTIONS[k] then error(("journal.open: %s must be a %s"):format(k, OPEN_OPTIONS[k]), 2) end
-  end
+  validate.check_table("journal.open", opts, OPEN_OPTIONS, 3)
   local file, msg = core.journal(path)
   if not file then return nil, journal_error(msg) end
   local self = setmetatable(new_state{ path = path, _file = file, compact_at = opts.compact_at or M.COMPACT_AT },
@@ -452,7 +443,7 @@ function Journal:intent(input)
   if type(input) ~= "table" then
     error(("bad argument #1 to 'intent' (table expected, got %s)"):format(type(input)), 2)
   end
-  local lid = random_id()
+  local lid = random.hex(16)
   if not lid then return nil, journal_error("cannot read /dev/urandom for a local id") end
   local ok, err = self:_write{ t = "intent", lid = lid, at = os.time(), input = scrub(input, 0) }
   if not ok then return nil, err end

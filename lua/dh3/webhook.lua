@@ -11,6 +11,7 @@ local errors = require "dh3.errors"
 local compat = require "dh3.compat"
 local output = require "dh3.output"
 local validate = require "dh3.validate"
+local random = require "dh3.random"
 
 local M = {}
 
@@ -60,13 +61,6 @@ function M.deduplicator(store)
 end
 
 -- Random hex from the kernel: the secret path segment must be unguessable.
-local function random_hex(bytes)
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local raw = f:read(bytes)
-  f:close()
-  return (raw:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
-end
-
 local Listener = {}
 Listener.__index = Listener
 
@@ -108,7 +102,9 @@ function M.listen(client, opts, level)
   end
   local secret = opts.secret
   if secret == nil or secret == true then
-    secret = random_hex(16)
+    local why
+    secret, why = random.hex(16)
+    if not secret then return nil, errors.new("io", "no secret for the receiver: " .. why) end
   elseif secret and not secret:match("^[%w_%-]+$") or secret and #secret < 16 then
     error("listen: a secret must be at least 16 letters, digits, - or _", level)
   end
