@@ -212,18 +212,21 @@ local function required_journal(args, command)
   return path
 end
 
+-- An error of `dh3 pending`: on stderr for a person, as a JSON line for a program; its exit code.
+local function pending_error(err, human)
+  if human then
+    io.stderr:write(tostring(err), "\n")
+    return exitcode.for_error(err)
+  end
+  return run_error(jsonlines.new(), err)
+end
+
 -- dh3 pending --forget LOCAL_ID...: each an unanswered create of the journal (else a usage error,
 -- with nothing written), recorded as forgotten. The one case where pending writes: it takes the
 -- journal's lock, as a run does.
 local function forget(args, command, path, human)
   local journal, err = require("dh3.journal").open(path)
-  if not journal then
-    if human then
-      io.stderr:write(tostring(err), "\n")
-      return exitcode.for_error(err)
-    end
-    return run_error(jsonlines.new(), err)
-  end
+  if not journal then return pending_error(err, human) end
   local unanswered = {}
   for _, u in ipairs(journal:pending().unanswered) do unanswered[u.local_id] = u end
   for _, lid in ipairs(args.forget) do
@@ -238,9 +241,7 @@ local function forget(args, command, path, human)
     local ok, ferr = journal:forget(lid)
     if not ok then
       journal:close()
-      if lines then return run_error(lines, ferr) end
-      io.stderr:write(tostring(ferr), "\n")
-      return exitcode.for_error(ferr)
+      return pending_error(ferr, human)
     end
     local prompt = pending.prompt(unanswered[lid].input)
     if lines then
@@ -263,13 +264,7 @@ local function list_pending(args, command)
   local state, err = pending.read(path)
   local torn = state and pending.torn_line(state, path)
   if torn then io.stderr:write(torn, "\n") end
-  if not state then
-    if human then
-      io.stderr:write(tostring(err), "\n")
-      return exitcode.for_error(err)
-    end
-    return run_error(jsonlines.new(), err)
-  end
+  if not state then return pending_error(err, human) end
   if human then
     pending.print(io.stdout, state, path, (terminal.size()), os.time())
   else

@@ -328,23 +328,31 @@ local function check_path(path, what)
   end
 end
 
---- Reads the journal at `path` and changes nothing: no lock (a process may hold the journal and
--- write to it meanwhile), no file created, no torn tail cut, no compaction. Returns what
--- pending() would, plus `torn` (the bytes at its end that are not a whole record: cut short by
--- a crash, or being written right now; left as they are) and `damaged` (unreadable lines skipped
--- in the middle); or nil, err (kind "journal": no file, not a journal, unreadable).
-function M.read(path)
-  check_path(path, "read")
+-- The state in memory of the journal at `path`, read without the lock and changing nothing, and
+-- the length of the file and of its readable part; or nil, err.
+local function read_only(path, what)
+  check_path(path, what)
   local file, msg = core.journal(path, "read")
   if not file then return nil, journal_error(msg) end
   local data, rerr = file:read()
   file:close()
   if not data then return nil, journal_error(rerr) end
   local self = new_state{}
-  local valid_end, needs_newline = replay(self, data)
-  if not valid_end then return nil, journal_error(("the journal %s %s"):format(path, needs_newline)) end
+  local valid_end, why = replay(self, data)
+  if not valid_end then return nil, journal_error(("the journal %s %s"):format(path, why)) end
+  return self, #data, valid_end
+end
+
+--- Reads the journal at `path` and changes nothing: no lock (a process may hold the journal and
+-- write to it meanwhile), no file created, no torn tail cut, no compaction. Returns what
+-- pending() would, plus `torn` (the bytes at its end that are not a whole record: cut short by
+-- a crash, or being written right now; left as they are) and `damaged` (unreadable lines skipped
+-- in the middle); or nil, err (kind "journal": no file, not a journal, unreadable).
+function M.read(path)
+  local self, size, valid_end = read_only(path, "read")
+  if not self then return nil, size end
   local state = pending_of(self)
-  state.torn, state.damaged = #data - valid_end, self._damaged
+  state.torn, state.damaged = size - valid_end, self._damaged
   return state
 end
 
@@ -354,15 +362,8 @@ end
 -- unreadable), or nil, err (kind "journal"). Only what the file still holds: a compaction drops
 -- settled chains, these included.
 function M.saved_tasks(path)
-  check_path(path, "saved_tasks")
-  local file, msg = core.journal(path, "read")
-  if not file then return nil, journal_error(msg) end
-  local data, rerr = file:read()
-  file:close()
-  if not data then return nil, journal_error(rerr) end
-  local self = new_state{}
-  local valid_end, why = replay(self, data)
-  if not valid_end then return nil, journal_error(("the journal %s %s"):format(path, why)) end
+  local self, err = read_only(path, "saved_tasks")
+  if not self then return nil, err end
   return saved_of(self)
 end
 
