@@ -4,27 +4,10 @@
 -- Written in the Lua every interpreter accepts (the suite also runs under LuaJIT).
 local emulator = require "helpers.emulator"
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
+local files = require "helpers.files"
+local shell_quote, run = files.quote, files.run
 
--- Runs a shell command; returns its exit status (a number on every Lua) and its output. Without
--- LD_PRELOAD: under `make asan` it holds the sanitizer runtimes, meant for the specs' own Lua, not
--- for the compiler, the X server, LÖVE or the host (whose leak reports would fail the run).
-local function run(cmd)
-  local p = assert(io.popen("unset LD_PRELOAD; " .. cmd .. " 2>&1; echo \"exit=$?\""))
-  local out = p:read("*a")
-  p:close()
-  local status = tonumber(out:match("exit=(%d+)%s*$"))
-  return status, (out:gsub("exit=%d+%s*$", ""))
-end
-
-local function tmpdir()
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(run("mkdir " .. shell_quote(dir)) == 0)
-  return dir
-end
+local tmpdir = files.tmpdir
 
 local function files_in(dir)
   local _, out = run("ls -A " .. shell_quote(dir))

@@ -7,20 +7,8 @@
 local emulator = require "helpers.emulator"
 local zlib = require "zlib"
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
-
--- Runs a shell command; returns its exit status (a number on every Lua) and its output. Without
--- LD_PRELOAD: under `make asan` it holds the sanitizer runtimes, meant for the specs' own Lua, not
--- for the compiler, the X server, LÖVE or the host (whose leak reports would fail the run).
-local function run(cmd)
-  local p = assert(io.popen("unset LD_PRELOAD; " .. cmd .. " 2>&1; echo \"exit=$?\""))
-  local out = p:read("*a")
-  p:close()
-  local status = tonumber(out:match("exit=(%d+)%s*$"))
-  return status, (out:gsub("exit=%d+%s*$", ""))
-end
+local files = require "helpers.files"
+local shell_quote, run = files.quote, files.run
 
 -- {======================================================================
 -- A PNG reader for what the emulator and LÖVE write: 8-bit RGB or RGBA, not interlaced, any of the

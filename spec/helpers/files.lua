@@ -17,6 +17,18 @@ function M.tmpdir()
   return dir
 end
 
+--- Runs a shell command; returns its exit status (a number on every Lua) and its output, stderr
+-- included. Without LD_PRELOAD: under `make asan` it holds the sanitizer runtimes, meant for the
+-- specs' own Lua, not for a compiler, an X server, LÖVE or a C host (whose leak reports would fail
+-- the run).
+function M.run(cmd)
+  local p = assert(io.popen("unset LD_PRELOAD; " .. cmd .. " 2>&1; echo \"exit=$?\""))
+  local out = p:read("*a")
+  p:close()
+  local status = tonumber(out:match("exit=(%d+)%s*$"))
+  return status, (out:gsub("exit=%d+%s*$", ""))
+end
+
 --- Removes a folder and everything in it.
 function M.rm_rf(path)
   os.execute("rm -rf " .. M.quote(path))
