@@ -165,6 +165,9 @@ function Driver:sync()
     end
   else
     local ms = ceil(timeout * 1000)
+    -- the loop's idea of now is cached from the start of its turn, and may lag: a timer armed
+    -- from a stale now would fire early, find nothing due, and fire again
+    uv.update_time()
     local at = uv.now() + ms
     if self.timer_ms ~= at then
       self.timer_ms = at
