@@ -218,4 +218,4 @@ if not modes[mode] then
   io.stderr:write("usage: lua5.4 bench/workers/dh3.lua status|wait_all|pacing|download|memory|core|core_multi ...\n")
   os.exit(2)
 end
-modes[mode](table.unpack(arg, 2))
+modes[mode]((table.unpack or unpack)(arg, 2))
