@@ -71,7 +71,12 @@ describe("dh3 generate killed at any moment", function()
       local created, unanswered = account(journal)
       local ids = 0
       for _ in pairs(created) do ids = ids + 1 end
-      assert.are.equal(emu:stats().creates, ids + unanswered, log)
+      -- every create the service made is known: by its id, or as an intent whose answer never
+      -- came (which the kill may also have cut before the request was whole: then the service
+      -- made nothing, and the intent says only "possibly")
+      local creates = emu:stats().creates
+      assert.is_true(creates >= ids and creates <= ids + unanswered,
+        ("the service made %d, the journal knows %d ids and %d unanswered\n%s"):format(creates, ids, unanswered, log))
       local saved = {}
       for _, name in ipairs(files.ls(dir .. "/out")) do saved[name:match("^(image%-%d+)")] = true end
       for id, prompt in pairs(created) do
