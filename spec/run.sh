@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs spec files in parallel: JOBS runs at once, one spec file each, the slowest first (by the
-# times of the last run, kept in build/spec-times; by size on a first run). Each file's run is cut
+# times of the last run, kept in build/spec-times; in a fresh tree by spec/times, a run's times
+# kept with the specs; by size for a file in neither). Each file's run is cut
 # at TIMEOUT seconds, so a spec that hangs fails instead of hanging the whole suite. Then every
 # file's output is printed, in name order, and the closing line "N passed, N failed" summed over
 # the files; the exit code is 0 only when every file passed.
@@ -34,13 +35,16 @@ done
 
 times=build/spec-times
 mkdir -p build
+# a fresh tree orders by the times of a run kept with the specs (spec/times), then by its own
+known=$times
+[ -f "$known" ] || known=spec/times
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
 # the slowest first: a long file started last would make the whole run wait for it alone
 weight() {
   local t
-  t=$(awk -v f="$1" '$1 == f { print $2 }' "$times" 2>/dev/null | tail -n 1)
+  t=$(awk -v f="$1" '$1 == f { print $2 }' "$known" 2>/dev/null | tail -n 1)
   if [ -n "$t" ]; then echo "$t"; else echo "$(($(wc -c < "$1") / 1000))"; fi
 }
 # A file that measures time on the wall (a frame budget) says so on a line of its own,
