@@ -72,14 +72,7 @@ local function journal_records(path)
   return records
 end
 
--- The Lua being tested, with this tree's modules, in a child process, its pid known (the shell
--- prints it, then becomes lua); its pipe's close() says how it ended.
-local PRELUDE = 'io.stdout:setvbuf("line"); '
-
-local function child(script)
-  local pipe = assert(lua.popen("echo $$; exec " .. lua.command("-e", PRELUDE .. script) .. " 2>&1"))
-  return { pid = assert(tonumber(pipe:read("*l"))), pipe = pipe }
-end
+local child = lua.child
 
 -- Leaves in the journal at `path` a create whose answer never came back (a process that died
 -- with its request in flight leaves exactly this).

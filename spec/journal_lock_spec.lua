@@ -24,16 +24,7 @@ end
 local function is_symlink(p) return lua.execute("test -L " .. shell_quote(p)) == true end
 local function link_target(p) return sh_line("readlink " .. shell_quote(p)) end
 
--- {=====================================================================
--- Child processes: the Lua being tested, with this tree's modules, its pid known (the shell prints
--- it, then becomes lua); its pipe's close() says how it ended
--- ======================================================================
-local PRELUDE = 'io.stdout:setvbuf("line"); '
-
-local function child(script)
-  local pipe = assert(lua.popen("echo $$; exec " .. lua.command("-e", PRELUDE .. script) .. " 2>&1"))
-  return { pid = assert(tonumber(pipe:read("*l"))), pipe = pipe }
-end
+local child = lua.child
 
 -- What another process gets when it opens `p`.
 local function open_elsewhere(p)

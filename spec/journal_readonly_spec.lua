@@ -40,13 +40,7 @@ local function dh3(prefix, ...)
   return run
 end
 
--- The Lua being tested, with this tree's modules, in a child process, its pid known.
-local PRELUDE = 'io.stdout:setvbuf("line"); '
-
-local function child(script)
-  local pipe = assert(lua.popen("echo $$; exec " .. lua.command("-e", PRELUDE .. script) .. " 2>&1"))
-  return { pid = assert(tonumber(pipe:read("*l"))), pipe = pipe }
-end
+local child = lua.child
 
 describe("reading a journal without changing it", function()
   local dir, path

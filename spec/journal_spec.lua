@@ -21,15 +21,9 @@ local function body(prompt)
 end
 
 -- {=====================================================================
--- Child processes: the Lua being tested, with this tree's modules, its pid known (the shell prints
--- it, then becomes lua); its pipe's close() says how it ended
+-- Child processes: the Lua being tested, with this tree's modules (helpers.lua's child)
 -- ======================================================================
-local PRELUDE = 'io.stdout:setvbuf("line"); '
-
-local function child(script)
-  local pipe = assert(lua.popen("echo $$; exec " .. lua.command("-e", PRELUDE .. script) .. " 2>&1"))
-  return { pid = assert(tonumber(pipe:read("*l"))), pipe = pipe }
-end
+local child = lua.child
 
 -- Runs a child to its end: its output and how it ended.
 local function run_child(script)

@@ -200,6 +200,15 @@ function M.popen(cmd)
   return setmetatable({ file = file, status_file = status_file }, Pipe)
 end
 
+--- The Lua being tested, with this tree's modules, running `script` in a child process whose
+-- pid is known (the shell prints it, then becomes lua): {pid, pipe}; the pipe reads its output
+-- (stderr too, line-buffered) and its close() says how it ended.
+function M.child(script)
+  local pipe = assert(M.popen("echo $$; exec " .. M.command("-e", 'io.stdout:setvbuf("line"); ' .. script)
+    .. " 2>&1"))
+  return { pid = assert(tonumber(pipe:read("*l"))), pipe = pipe }
+end
+
 function M.uint_be(s, pos, n)
   local v = 0
   for i = pos, pos + n - 1 do
