@@ -142,10 +142,11 @@ endif
 asan: $(DEPS_STAMP) test-deps
 	$(MAKE) --no-print-directory clean-core
 	$(MAKE) --no-print-directory $(CORE) OBJDIR=$(ASAN_OBJDIR) CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined"
-	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	DH3_SPEC_GC=$(DH3_SPEC_GC) $(SPEC_ENV) spec/run.sh $(CHECK_JOBS) $(CHECK_TIMEOUT) \
+	  env LD_PRELOAD="$$($(CC) -print-file-name=libasan.so):$$($(CC) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 DH3_SPEC_GC=$(DH3_SPEC_GC) \
-	  $(SPEC_ENV) spec/run.sh $(CHECK_JOBS) $(CHECK_TIMEOUT) $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) -- $(SPECS); \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
+	  $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) -- $(SPECS); \
 	  rc=$$?; $(MAKE) --no-print-directory clean-core; exit $$rc
 
 # The rock installed from the rockspec into a fresh tree for this Lua (luarocks --lua-version), then

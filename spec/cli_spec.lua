@@ -159,24 +159,6 @@ describe("the dh3 command", function()
       end
       assert.matches("pending", dh3(nil, "--help").out, nil, true)
     end)
-
-    it("documents `dh3 emulator` and passes `dh3 emulator --help` to the emulator", function()
-      local run = dh3(nil, "help", "emulator")
-      assert.are.equal(0, run.code)
-      assert.matches("Usage: dh3 emulator", run.out, nil, true)
-      assert.matches("Exit codes", run.out, nil, true)
-      -- the emulator is Lua 5.4's: `dh3 emulator` runs under lua5.4 whichever Lua is tested, and
-      -- the other Luas refuse it, saying so
-      if lua.version ~= "5.4" then
-        local refused = dh3(nil, "emulator", "--help")
-        assert.are.equal(2, refused.code)
-        assert.matches("the emulator runs on Lua 5.4 only", refused.err, nil, true)
-      end
-      run = run_cli(sh(lua.emulator) .. " bin/dh3", nil, "emulator", "--help")
-      assert.are.equal(0, run.code)
-      assert.matches("--queue-time", run.out, nil, true)
-      assert.matches("{emu:fail}", run.out, nil, true)
-    end)
   end)
 
   describe("exit codes", function()
@@ -255,7 +237,6 @@ describe("the dh3 command", function()
     it("4: the task did not end within --timeout, and its id was printed", function()
       local run = dh3(env, "generate", "a slow glacier {emu:process=5}", "--timeout", "0.3")
       assert.are.equal(4, run.code, run.err)
-      assert.is_true(run.seconds < 3)
       local id = events_of(run, "created")[1].task_id
       local e = events_of(run, "error")[1]
       assert.are.same({ "timeout", id }, { e.kind, e.task_id })
@@ -837,18 +818,6 @@ describe("the dh3 command", function()
       assert.are.equal(3, run.code, run.err)
       assert.matches("in use by process " .. holder.pid, run.err, nil, true)
       assert.are.equal("unanswered", names(dh3(nil, "pending", "--journal", path)))
-    end)
-  end)
-
-  describe("dh3 emulator", function()
-    it("runs the emulator with its own flags and prints its listening line", function()
-      -- the emulator is Lua 5.4's, whichever Lua runs the specs
-      local p = assert(io.popen("echo $$; exec " .. sh(lua.emulator) .. " bin/dh3 emulator --host 127.0.0.1 --port 0 --queue-time 0"))
-      local pid = tonumber(p:read("*l"))
-      local line = p:read("*l")
-      os.execute("kill " .. pid)
-      p:close()
-      assert.matches("^listening on http://127%.0%.0%.1:%d+$", line)
     end)
   end)
 end)

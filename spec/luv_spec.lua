@@ -128,11 +128,9 @@ describe("a host's own event loop", function()
         failure = err
       end)
       driver:sync() -- started outside the loop's callbacks: arm the handles before it runs
-      local t0 = core.now()
       assert.is_true(run_until(function() return paths ~= nil or failure ~= nil end, 20))
       assert.is_nil(failure)
       assert.is_true(png(paths[1]))
-      assert.is_true(core.now() - t0 < 10)
       assert.is_true(driver.counts.poll > 0)
 
       -- idle: an idle second of the loop runs none of the driver's callbacks
@@ -174,16 +172,14 @@ describe("a host's own event loop", function()
       local state, failure
       client:spawn(function()
         local task, err = client:create{ prompt = "pushed to me" }
-        -- polling would read the task again only after 15 s: the delivery must end the wait
-        if task then task, err = task:wait{ timeout = 10, interval = 15 } end
+        -- polls an hour apart cannot end the wait before its timeout: only the delivery can
+        if task then task, err = task:wait{ timeout = 60, interval = 3600 } end
         state, failure = task and task.state, err
       end)
       driver:sync()
-      local t0 = core.now()
-      assert.is_true(run_until(function() return state ~= nil or failure ~= nil end, 12))
+      assert.is_true(run_until(function() return state ~= nil or failure ~= nil end, 70))
       assert.is_nil(failure)
       assert.are.equal("success", state)
-      assert.is_true(core.now() - t0 < 5)
       assert.are.equal(1, listener.counts.accepted)
       listener:close()
       driver:sync()

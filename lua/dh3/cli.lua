@@ -361,7 +361,6 @@ local VALUED = { ["--timeout"] = true, ["--out"] = true, ["--prompts"] = true, [
   ["--format"] = true, ["--forget"] = true }
 
 local function join_negative_values(argv)
-  if argv[1] == "emulator" then return argv end -- the emulator's flags are its own
   local out, i = {}, 1
   while i <= #argv do
     local a, nxt = argv[i], argv[i + 1]
@@ -386,14 +385,6 @@ function M.main(argv, version)
   parser.error = usage_error
   local ok, result = pcall(function()
     local args = parser:parse(join_negative_values(argv))
-    if args.command == "emulator" then
-      if _VERSION ~= "Lua 5.4" then -- (LuaJIT says "Lua 5.1")
-        io.stderr:write("dh3 emulator: the emulator runs on Lua 5.4 only, not ", _VERSION,
-          type(jit) == "table" and " (LuaJIT)" or "", ": run `lua5.4 bin/dh3 emulator ...` or dh3-emulator\n")
-        return exitcode.USAGE
-      end
-      return require("dh3.emulator").main(args.flags) or exitcode.OK
-    end
     return execute(args, commands[args.command])
   end)
   if ok then return result end

@@ -1,7 +1,7 @@
 -- HTTP/1.1 message framing: the head (start line and header fields) and the body (Content-Length
 -- or chunked). Shared by the webhook receiver's server (dh3.httpd, which parses from a buffer) and
--- the emulator's server and client (which read through a dh3.emulator.stream: read_head and
--- read_body take any object with its buf field and fill, read_line, read_exact, read_to_close
+-- the emulator's server and client (which read through a buffered stream of their own: read_head
+-- and read_body take any object with its buf field and fill, read_line, read_exact, read_to_close
 -- methods). It requires nothing. Failures carry the status a server would answer with, as
 -- {status = n, message = "..."}.
 local M = {}
@@ -25,7 +25,7 @@ local function problem(status, message)
 end
 M.problem = problem
 
---- Reads a message head from stream (a dh3.emulator.stream) up to and including its blank line.
+--- Reads a message head from stream (a buffered stream, see above) up to and including its blank line.
 -- Blank lines before it are skipped (RFC 9112 2.2). Returns an array of lines without line ends;
 -- or nil, problem; or nil, nil, err when nothing at all arrived ("timeout", "closed", ...).
 function M.read_head(stream, max_header, deadline)

@@ -8,7 +8,7 @@ local M = {}
 local ENVIRONMENT = [[
 Environment:
    DH3_API_KEY    the API key (required; never printed)
-   DH3_BASE_URL   the service (default https://api.dh3.app), e.g. a dh3-emulator's URL
+   DH3_BASE_URL   the service (default https://api.dh3.app), e.g. a local emulator's URL
    DH3_JOURNAL    the journal when --journal is not given (empty: none)]]
 
 local OUTPUT = [[
@@ -195,13 +195,6 @@ function M.new(version)
     end)
   commands.pending = pending(parser)
   commands.resume = resume(parser)
-  -- Everything after `emulator` is the emulator's own (its --help included), untouched.
-  commands.emulator = parser:command("emulator", "Run dh3-emulator, the local double of the service: "
-    .. "'dh3 emulator --help' lists its flags."):handle_options(false)
-  commands.emulator:argument("flags", "dh3-emulator's flags."):args("*")
-  commands.emulator:epilog("It prints 'listening on http://HOST:PORT' first, then serves until Ctrl-C.\n"
-    .. "Point dh3 at it with DH3_BASE_URL=http://HOST:PORT and DH3_API_KEY set to one of --keys.\n\n"
-    .. "Exit codes:\n   0    stopped with Ctrl-C\n   1    cannot listen (the port is taken)\n   2    bad flags")
   return parser, commands
 end
 
