@@ -20,7 +20,7 @@ if not ok then
     .. tostring(err), 0)
 end
 
--- DH3_SPEC_GC=aggressive (CI's valgrind run): the collector runs all the time, so an object that
+-- DH3_SPEC_GC=aggressive (CI's sanitizer run): the collector runs all the time, so an object that
 -- is freed while C still holds it, or kept alive by mistake, shows up.
 if os.getenv("DH3_SPEC_GC") == "aggressive" then
   if _VERSION == "Lua 5.4" then
