@@ -278,14 +278,20 @@ describe("the dh3 command", function()
   end)
 
   describe("several prompts", function()
-    it("run concurrently: three take about the time of one", function()
-      local one = dh3(env, "generate", "a single pear", "--out", out .. "/")
-      assert.are.equal(0, one.code, one.err)
+    it("run concurrently: every task is created before any is saved", function()
+      -- each task takes 2 s to process: one after the other, the first would be saved before the
+      -- second was created
       local before = emu:stats().creates
-      local three = dh3(env, "generate", "a green pear", "a red apple", "a yellow plum", "--out", out .. "/three")
+      local three = dh3(env, "generate", "a green pear {emu:process=2}", "a red apple {emu:process=2}",
+        "a yellow plum {emu:process=2}", "--out", out .. "/three")
       assert.are.equal(0, three.code, three.err)
       assert.are.equal(before + 3, emu:stats().creates)
-      assert.is_true(three.seconds < one.seconds + 1.0, ("one %.2fs, three %.2fs"):format(one.seconds, three.seconds))
+      local last_created, first_saved
+      for i, e in ipairs(three.events) do
+        if e.event == "created" then last_created = i end
+        if e.event == "saved" and not first_saved then first_saved = i end
+      end
+      assert.is_true(last_created < first_saved, names(three))
       local saved = events_of(three, "saved")
       assert.are.equal(3, #saved)
       local seen = {}
