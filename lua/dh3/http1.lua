@@ -75,6 +75,80 @@ function M.parse_headers(lines, first)
   return headers
 end
 
+--- A request's head, lines as read_head returns them: the request line and the header fields.
+-- Returns req {method, target, path (raw, no query), query (raw, or nil), version ("1.1"),
+-- headers}; or nil, problem. A target in absolute form (as sent to a proxy) names its path;
+-- "OPTIONS *" is the one target without a leading "/".
+function M.parse_request(lines)
+  local method, target, major, minor = lines[1]:match("^(%S+) (%S+) HTTP/(%d)%.(%d)$")
+  if not method or not method:match(M.TOKEN) then return problem(400, "malformed request line") end
+  if major ~= "1" then return problem(505, "only HTTP/1.x is served") end
+  local headers, hproblem = M.parse_headers(lines, 2)
+  if not headers then return nil, hproblem end
+  local path_query = target
+  local after_authority = target:match("^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*(.*)$")
+  if after_authority then path_query = after_authority ~= "" and after_authority or "/" end
+  local path, query = path_query:match("^([^?#]*)%??([^#]*)")
+  if path:sub(1, 1) ~= "/" and not (method == "OPTIONS" and target == "*") then
+    return problem(400, "malformed request target")
+  end
+  return { method = method, target = target, path = path, query = query ~= "" and query or nil,
+    version = major .. "." .. minor, headers = headers }
+end
+
+--- Whether the connection may serve another request after req: HTTP/1.1 unless the client said
+-- "close", HTTP/1.0 only when it said "keep-alive".
+function M.keep_alive(req)
+  local connection = (req.headers["connection"] or ""):lower()
+  if req.version == "1.0" then return connection:find("keep-alive", 1, true) ~= nil end
+  return connection:find("close", 1, true) == nil
+end
+
+--- Whether a response with this status has no body (RFC 9110 6.4.1).
+function M.bodyless(status)
+  return status < 200 or status == 204 or status == 304
+end
+
+--- What a request's Expect field asks: true when the client holds its body back until it is told
+-- "100 Continue" (framing: as framing() said), false when not; or nil, problem for another
+-- expectation, which is not served.
+function M.expects_continue(req, framing)
+  local expect = req.headers["expect"]
+  if not expect then return false end
+  if expect:lower() ~= "100-continue" then return problem(417, "unsupported Expect") end
+  return framing ~= 0 and req.version == "1.1"
+end
+
+--- The head of a response to req (nil: a refusal before any request was read). headers: the
+-- handler's fields; Content-Length (body_length, unless the status has no body), Date and
+-- Connection are the server's, and a handler's Connection: close ends the connection too.
+-- Returns the head and whether the connection stays open.
+function M.response_head(req, status, headers, body_length, keep_alive)
+  local fields = {}
+  for name, value in pairs(headers or {}) do
+    local lname = name:lower()
+    if lname == "connection" then
+      if tostring(value):lower():find("close", 1, true) then keep_alive = false end
+    elseif lname ~= "content-length" and lname ~= "date" then
+      fields[name] = value
+    end
+  end
+  if not M.bodyless(status) then fields["Content-Length"] = body_length end
+  fields["Date"] = os.date("!%a, %d %b %Y %H:%M:%S GMT")
+  if not keep_alive then
+    fields["Connection"] = "close"
+  elseif req and req.version == "1.0" then
+    fields["Connection"] = "keep-alive"
+  end
+  return M.format_head(("HTTP/1.1 %d %s"):format(status, M.REASONS[status] or "Unknown"), fields), keep_alive
+end
+
+--- "http://HOST:PORT" (scheme "http" or "https"), an IPv6 host in brackets.
+function M.url(scheme, host, port)
+  if host:find(":", 1, true) then host = "[" .. host .. "]" end
+  return ("%s://%s:%d"):format(scheme, host, port)
+end
+
 --- How the body of a message with these headers is framed: "chunked", a length (integer), or
 -- nil, problem. until_close: what a response without either means (true for responses).
 function M.framing(headers, until_close)

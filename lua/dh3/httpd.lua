@@ -91,9 +91,7 @@ function Server:host() return self.bound_host end
 
 --- "http://HOST:PORT" of the listening socket.
 function Server:url()
-  local h = self.bound_host
-  if h:find(":", 1, true) then h = "[" .. h .. "]" end
-  return ("http://%s:%d"):format(h, self.bound_port)
+  return http1.url("http", self.bound_host, self.bound_port)
 end
 
 --- Open connections now.
@@ -252,19 +250,10 @@ local function queue(conn, data)
   conn.out_pos = 1
 end
 
-local function format_response(status, headers, body, keep_alive)
-  local fields = {}
-  for name, value in pairs(headers or {}) do
-    local lname = name:lower()
-    if lname ~= "content-length" and lname ~= "connection" and lname ~= "date" then
-      fields[name] = value
-    end
-  end
-  fields["Content-Length"] = #body
-  fields["Date"] = os.date("!%a, %d %b %Y %H:%M:%S GMT")
-  if not keep_alive then fields["Connection"] = "close" end
-  local status_line = ("HTTP/1.1 %d %s"):format(status, http1.REASONS[status] or "Unknown")
-  return http1.format_head(status_line, fields) .. body
+local function format_response(req, status, headers, body, keep_alive)
+  local head
+  head, keep_alive = http1.response_head(req, status, headers, #body, keep_alive)
+  return head .. body, keep_alive
 end
 
 local JSON = { ["Content-Type"] = "application/json" }
@@ -273,7 +262,7 @@ local JSON = { ["Content-Type"] = "application/json" }
 -- for a moment (closing with unread data would reset it, and the peer could lose the answer).
 local function refuse(_, conn, problem, now)
   local body = ('{"code":%d,"message":"%s"}'):format(problem.status, problem.message)
-  queue(conn, format_response(problem.status, JSON, body, false))
+  queue(conn, (format_response(nil, problem.status, JSON, body, false)))
   conn.after_out, conn.head, conn.buf = "drain", nil, ""
   conn.deadline = now + LINGER
 end
@@ -301,42 +290,24 @@ local function parse_head(self, conn)
   for line in (buf:sub(1, stop - 1) .. "\n"):gmatch("([^\n]*)\n") do
     lines[#lines + 1] = line:gsub("\r$", "")
   end
-  local method, target, major, minor = lines[1]:match("^(%S+) (%S+) HTTP/(%d)%.(%d)$")
-  if not method or not method:match(http1.TOKEN) then
-    return http1.problem(400, "malformed request line")
-  end
-  if major ~= "1" then return http1.problem(505, "only HTTP/1.x is served") end
-  local headers, hproblem = http1.parse_headers(lines, 2)
-  if not headers then return nil, hproblem end
-  local path_query = target
-  local after_authority = target:match("^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*(.*)$") -- absolute form
-  if after_authority then path_query = after_authority ~= "" and after_authority or "/" end
-  local path, query = path_query:match("^([^?#]*)%??([^#]*)")
-  if path:sub(1, 1) ~= "/" then return http1.problem(400, "malformed request target") end
-  local framing, fproblem = http1.framing(headers, false)
+  local req, rproblem = http1.parse_request(lines)
+  if not req then return nil, rproblem end
+  local framing, fproblem = http1.framing(req.headers, false)
   if not framing then return nil, fproblem end
   if framing == "chunked" then return http1.problem(411, "send the body with a Content-Length") end
   if framing > self.max_body then return http1.problem(413, "request body too large") end
-  local version = major .. "." .. minor
-  local expect = headers["expect"]
-  if expect then
-    if expect:lower() ~= "100-continue" then return http1.problem(417, "unsupported Expect") end
-    -- a client that waits for it before sending its body (libcurl does past 1 KiB)
-    if framing > 0 and version == "1.1" and #buf - stop_end < framing then
-      queue(conn, "HTTP/1.1 100 Continue\r\n\r\n")
-    end
-  end
+  local continue, eproblem = http1.expects_continue(req, framing)
+  if continue == nil then return nil, eproblem end
+  -- a client that waits for it before sending its body (libcurl does past 1 KiB)
+  if continue and #buf - stop_end < framing then queue(conn, "HTTP/1.1 100 Continue\r\n\r\n") end
   local peer = conn.peer
   if not peer then
     local ip, port = conn.sock:getpeername()
     peer = ip and (ip .. ":" .. tostring(port)) or "?"
     conn.peer = peer
   end
-  return {
-    req = { method = method, target = target, path = path, query = query ~= "" and query or nil,
-      version = version, headers = headers, peer = peer },
-    length = framing, start = stop_end + 1,
-  }
+  req.peer = peer
+  return { req = req, length = framing, start = stop_end + 1 }
 end
 
 -- Calls the handler; returns status, headers, body.
@@ -376,16 +347,12 @@ local function process(self, conn, now)
   local req = pending.req
   req.body = conn.buf:sub(pending.start, stop)
   conn.buf, conn.head = conn.buf:sub(stop + 1), nil
-  local connection = (req.headers["connection"] or ""):lower()
-  local keep_alive
-  if req.version == "1.0" then
-    keep_alive = connection:find("keep-alive", 1, true) ~= nil
-  else
-    keep_alive = connection:find("close", 1, true) == nil
-  end
+  local keep_alive = http1.keep_alive(req)
   if conn.eof and #conn.buf == 0 then keep_alive = false end -- half-closed: answer, then end
   local status, headers, body = dispatch(self, req)
-  queue(conn, format_response(status, headers, body, keep_alive))
+  local response
+  response, keep_alive = format_response(req, status, headers, body, keep_alive)
+  queue(conn, response)
   if not keep_alive then conn.after_out = "close" end
   -- the next request has its own time, from now
   conn.since, conn.deadline = now, now + self.idle_timeout

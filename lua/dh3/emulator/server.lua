@@ -1,7 +1,9 @@
 -- A generic, non-blocking HTTP/1.1 server on luasocket: keep-alive, pipelining, Content-Length and
 -- chunked request bodies, Expect: 100-continue, HEAD, size limits, idle timeouts, and HTTPS when
--- given a certificate (luasec, loaded only then). It knows nothing of the DH3 API. (The client's
--- webhook receiver has a server of its own, dh3.httpd, which never waits in select.)
+-- given a certificate (luasec, loaded only then). It knows nothing of the DH3 API. Its framing
+-- (request heads, bodies, response heads) is the library's dh3.http1, which the webhook
+-- receiver's server (dh3.httpd) uses too; what is its own is the connection's life in a coroutine
+-- of the emulator's loop, where a handler may sleep, answer later or pace a body.
 --
 --   local server = require "dh3.emulator.server"
 --   local srv = assert(server.new{
@@ -116,9 +118,7 @@ function Server:host() return self.bound_host end
 
 --- "http://HOST:PORT" (or https) of the listening socket.
 function Server:url()
-  local h = self.bound_host
-  if h:find(":", 1, true) then h = "[" .. h .. "]" end
-  return ("%s://%s:%d"):format(self.tls_ctx and "https" or "http", h, self.bound_port)
+  return http1.url(self.tls_ctx and "https" or "http", self.bound_host, self.bound_port)
 end
 
 --- Connection counters: {open = n, total = n}.
@@ -162,44 +162,26 @@ end
 function Server:read_request(conn, deadline)
   local lines, problem = http1.read_head(conn, self.max_header, deadline)
   if not lines then return nil, problem end
-  local method, target, major, minor = lines[1]:match("^(%S+) (%S+) HTTP/(%d)%.(%d)$")
-  if not method or not method:match(http1.TOKEN) then
-    return http1.problem(400, "malformed request line")
-  end
-  if major ~= "1" then return http1.problem(505, "only HTTP/1.x is served") end
-  local headers, hproblem = http1.parse_headers(lines, 2)
-  if not headers then return nil, hproblem end
-
-  -- absolute-form targets (as sent to proxies) name the same path
-  local path_query = target
-  local authority_rest = target:match("^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*(.*)$")
-  if authority_rest then path_query = authority_rest ~= "" and authority_rest or "/" end
-  local path, query = path_query:match("^([^?#]*)%??([^#]*)")
-  if path:sub(1, 1) ~= "/" and not (method == "OPTIONS" and target == "*") then
-    return http1.problem(400, "malformed request target")
-  end
+  local req, rproblem = http1.parse_request(lines)
+  if not req then return nil, rproblem end
+  local headers = req.headers
   local peer = conn.peer
   if not peer then
     local ip, port = conn.sock:getpeername()
     peer = ip and (ip .. ":" .. tostring(port))
   end
-  local req = {
-    method = method, target = target, path = path, query = query ~= "" and query or nil,
-    version = major .. "." .. minor, headers = headers, peer = peer,
-  }
+  req.peer = peer
 
   local framing, fproblem = http1.framing(headers, false)
   if not framing then return nil, fproblem end
   if framing ~= "chunked" and framing > self.max_body then
     return http1.problem(413, "request body too large")
   end
-  local expect = headers["expect"]
-  if expect then
-    if expect:lower() ~= "100-continue" then return http1.problem(417, "unsupported Expect") end
-    -- the client holds its body back until told to go on (libcurl does for bodies over 1 KiB)
-    if framing ~= 0 and req.version == "1.1" and #conn.buf == 0 then
-      if not conn:send_all("HTTP/1.1 100 Continue\r\n\r\n", deadline) then return nil end
-    end
+  local continue, eproblem = http1.expects_continue(req, framing)
+  if continue == nil then return nil, eproblem end
+  -- the client holds its body back until told to go on (libcurl does for bodies over 1 KiB)
+  if continue and #conn.buf == 0 then
+    if not conn:send_all("HTTP/1.1 100 Continue\r\n\r\n", deadline) then return nil end
   end
   local body, bproblem = http1.read_body(conn, framing, self.max_body, self.max_header, deadline)
   if not body then return nil, bproblem end
@@ -229,27 +211,9 @@ end
 -- written (the peer left). rate: pace the body (see send_paced).
 function Server:write_response(conn, req, status, headers, body, keep_alive, rate)
   body = body or ""
-  local fields = {}
-  local has_length = false
-  for name, value in pairs(headers or {}) do
-    local lname = name:lower()
-    if lname == "connection" then
-      if tostring(value):lower():find("close", 1, true) then keep_alive = false end
-    else
-      if lname == "content-length" then has_length = true end
-      fields[name] = value
-    end
-  end
-  local bodyless = status < 200 or status == 204 or status == 304
-  if not bodyless and not has_length then fields["Content-Length"] = #body end
-  fields["Date"] = os.date("!%a, %d %b %Y %H:%M:%S GMT")
-  if not keep_alive then
-    fields["Connection"] = "close"
-  elseif req and req.version == "1.0" then
-    fields["Connection"] = "keep-alive"
-  end
-  local head = http1.format_head(("HTTP/1.1 %d %s"):format(status, M.REASONS[status] or "Unknown"), fields)
-  local send_body = not bodyless and #body > 0 and not (req and req.method == "HEAD")
+  local head
+  head, keep_alive = http1.response_head(req, status, headers, #body, keep_alive)
+  local send_body = not http1.bodyless(status) and #body > 0 and not (req and req.method == "HEAD")
   -- a small body goes out with the head in one packet; a large one straight from its string
   if send_body and #body <= 16384 and not rate then
     head, send_body = head .. body, false
@@ -321,13 +285,7 @@ function Server:serve_connection(conn)
         end
         return
       end
-      local connection = (req.headers["connection"] or ""):lower()
-      local keep_alive
-      if req.version == "1.0" then
-        keep_alive = connection:find("keep-alive", 1, true) ~= nil
-      else
-        keep_alive = connection:find("close", 1, true) == nil
-      end
+      local keep_alive = http1.keep_alive(req)
       -- a half-closed peer still gets its answer; then the connection ends
       if conn.eof and #conn.buf == 0 then keep_alive = false end
       local status, headers, body, how = self:dispatch(req)
