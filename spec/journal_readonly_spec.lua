@@ -2,10 +2,10 @@
 -- No lock is taken (a run may hold the journal and go on writing), nothing is created, a torn end
 -- is reported and left, and a file the reader may not write reads all the same.
 local journal = require "dh3.journal"
-local cjson = require "cjson"
 
 local files = require "helpers.files"
 local lua = require "helpers.lua"
+local cli = require "helpers.cli"
 local sh, make_tmpdir, ls = files.quote, files.tmpdir, files.ls
 local read_file, write_file = files.read_file, files.write_file
 
@@ -23,21 +23,10 @@ local function mtime(p)
   return out
 end
 
--- Runs `bin/dh3 ARGS` (lua.cli: under the Lua being tested) with stdout a pipe, no DH3_* from the caller's shell, `prefix` (words)
--- before it. Returns {code, out, err, events}.
+-- `bin/dh3 ARGS`, stdout a pipe, with no DH3_* from the caller's shell; `prefix` (a command
+-- that runs what follows it) first, if given
 local function dh3(prefix, ...)
-  local words = { prefix or "", "env -u DH3_API_KEY -u DH3_BASE_URL -u DH3_JOURNAL " .. lua.cli }
-  for _, a in ipairs({ ... }) do words[#words + 1] = sh(a) end
-  local errfile = os.tmpname()
-  local p = assert(lua.popen(table.concat(words, " ") .. " 2>" .. errfile))
-  local out = p:read("*a")
-  local _, _, code = p:close()
-  local run = { code = code, out = out, err = read_file(errfile), events = {} }
-  os.remove(errfile)
-  for line in out:gmatch("[^\n]+") do
-    if line:sub(1, 1) == "{" then run.events[#run.events + 1] = cjson.decode(line) end
-  end
-  return run
+  return cli.dh3_as(prefix ~= "" and prefix or nil, nil, ...)
 end
 
 local child = lua.child
