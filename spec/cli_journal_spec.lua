@@ -19,12 +19,11 @@ describe("the dh3 command's journal", function()
     env = { DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url }
   end)
   teardown(function() emu:stop() end)
+  local dir -- a new folder for each spec, its journal and images
+  before_each(function() dir = tmpdir() end)
+  after_each(function() files.rm_rf(dir) end)
 
   describe("--journal, pending and resume", function()
-    local dir
-    before_each(function() dir = tmpdir() end)
-    after_each(function() files.rm_rf(dir) end)
-
     it("generate --journal records each create (intent, created, saving, finished, saved), never the key", function()
       local path = dir .. "/journal"
       local run = dh3(env, "generate", "a journaled lighthouse", "--journal", path, "--out", dir .. "/")
@@ -255,10 +254,6 @@ describe("the dh3 command's journal", function()
   end)
 
   describe("dh3 pending --forget", function()
-    local dir
-    before_each(function() dir = tmpdir() end)
-    after_each(function() files.rm_rf(dir) end)
-
     it("stops listing an unanswered create, and keeps its record in the journal", function()
       local path = dir .. "/journal"
       local created = dh3(env, "generate", "--no-wait", "a found one", "--journal", path)
