@@ -1,15 +1,13 @@
 -- The dh3 command line, run as a user runs it (lua bin/dh3 ..., under the Lua being tested) against its own emulators:
--- through a pipe for the JSON lines and the exit codes, in a real terminal (tmux) for the live
--- display. Its text helpers and its display are also checked on their own.
+-- through a pipe for the JSON lines and the exit codes (cli_terminal_spec runs it in a terminal,
+-- cli_journal_spec with a journal). Its text helpers and its display are also checked on their own.
 local emulator = require "helpers.emulator"
 local files = require "helpers.files"
 local lua = require "helpers.lua"
-local sh, read_file, tmpdir = files.quote, files.read_file, files.tmpdir
-local now = require("dh3.core").now
-
 local cli = require "helpers.cli"
-local env_words, dh3, events_of, names = cli.env_words, cli.dh3, cli.events_of, cli.names
-local requests = cli.requests
+local read_file, tmpdir = files.read_file, files.tmpdir
+local now = require("dh3.core").now
+local dh3, events_of, names, requests = cli.dh3, cli.events_of, cli.names, cli.requests
 
 describe("the dh3 command", function()
   local emu, env, out
@@ -458,60 +456,6 @@ describe("the dh3 command", function()
       assert.are.equal(before + 1, emu:stats().creates)
       assert.are.equal(0, #events_of(all, "skipped"))
     end)
-  end)
-end)
-
-describe("the dh3 command in a terminal (tmux)", function()
-  local emu, out, tmux
-  setup(function()
-    assert(lua.execute("command -v tmux >/dev/null"), "this spec needs tmux (Debian package tmux)")
-    emu = emulator.start{ "--queue-time", "1", "--process-time", "2" }
-    out = tmpdir()
-    local stat = read_file("/proc/self/stat")
-    tmux = "tmux -L dh3spec" .. (stat and stat:match("^%d+") or tostring(math.random(1e9)))
-  end)
-  teardown(function()
-    os.execute(tmux .. " kill-server 2>/dev/null")
-    emu:stop()
-    os.execute("rm -rf " .. out)
-  end)
-
-  it("shows each task's state and elapsed time while waiting, then the saved path", function()
-    local words = env_words{ DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url }
-    local cmd = table.concat(words, " ") .. " " .. lua.cli .. " generate " .. sh("a lighthouse at dawn") .. " "
-      .. sh("a broken vase {emu:fail}") .. " --out " .. sh(out .. "/") .. "; echo exit=$?; sleep 5"
-    assert(lua.execute(("%s new-session -d -x 120 -y 30 -c %s %s"):format(tmux, sh(os.getenv("PWD") or "."), sh(cmd))))
-    local screens, final = {}, nil
-    local deadline = now() + 10
-    while now() < deadline do
-      os.execute("sleep 0.3")
-      local p = io.popen(tmux .. " capture-pane -p")
-      local screen = p:read("*a")
-      p:close()
-      screens[#screens + 1] = screen
-      if screen:find("exit=%d") then
-        final = screen
-        break
-      end
-    end
-    assert.is_string(final, screens[#screens])
-    -- while waiting: a row with the task's state and a ticking elapsed time
-    local elapsed = {}
-    for _, screen in ipairs(screens) do
-      local state, seconds = screen:match("%x+%s+(%a+)%s+(%d+%.%d)s%s+a lighthouse at dawn")
-      if state == "queuing" or state == "processing" then elapsed[seconds] = true end
-    end
-    local distinct = 0
-    for _ in pairs(elapsed) do distinct = distinct + 1 end
-    assert.is_true(distinct >= 3, "elapsed time seen: " .. table.concat(screens, "\n----\n"))
-    -- at the end: the prompt and saved path of one, the failure of the other (its row and its error line)
-    assert.matches("%x+%s+saved%s+%d+%.%ds%s+a lighthouse at dawn%s+%-> %S*/%x+%.png", final)
-    assert.matches("%x+%s+failed%s+%d+%.%ds%s+a broken vase", final)
-    assert.matches("dh3: task_failed: Upstream model error", final, nil, true)
-    assert.matches("exit=1", final, nil, true)
-    -- nothing drawn twice: each task has exactly one row left on the screen
-    local _, rows = final:gsub("a broken vase", "")
-    assert.are.equal(1, rows, final)
   end)
 end)
 
