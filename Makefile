@@ -44,7 +44,7 @@ CFLAGS       ?= $(OPT)
 ALL_CFLAGS    = $(WARN) -fPIC -fvisibility=hidden $(CFLAGS) $(LUA_CFLAGS) $(CURL_CFLAGS)
 LDFLAGS      ?=
 SPECS        ?= spec
-SPEC_JOBS    ?= 6
+SPEC_JOBS    ?= 8
 SPEC_TIMEOUT ?= 900
 DH3_SPEC_GC  ?=
 BUSTED_ARGS  ?=
@@ -110,7 +110,8 @@ $(CORE): $(OBJS)
 	@mkdir -p $(@D)
 	$(CC) -shared $(LDFLAGS) -o $@ $(OBJS) $(CURL_LIBS)
 
-# The spec files run SPEC_JOBS at a time (spec/run.sh), each cut at SPEC_TIMEOUT seconds.
+# The spec files run SPEC_JOBS at a time (spec/run.sh), each cut at SPEC_TIMEOUT seconds. Most of
+# a spec's time is spent waiting on emulators and child processes, so more files than cores run.
 test: all test-deps
 	$(SPEC_ENV) DH3_SPEC_LUA='$(LUA)' spec/run.sh $(SPEC_JOBS) $(SPEC_TIMEOUT) $(LUA) $(BUSTED) --ignore-lua $(BUSTED_ARGS) -- $(SPECS)
 

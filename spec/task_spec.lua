@@ -84,6 +84,17 @@ describe("dh3.task on a fake clock", function()
       assert.is_nil(next(task._ops))
     end)
 
+    it("a cancelled wait leaves nothing running: its worker, asleep until the next read, ends at once", function()
+      local _, client = service({ "processing" })
+      local task = client:task(ID)
+      local err
+      client:spawn(function() err = select(2, task:wait{ interval = 10 }) end)
+      client:sleep(6) -- read at 5 s; the next read is due at 15 s
+      task:cancel()
+      assert.are.equal("cancelled", err and err.kind)
+      assert.are.equal(0, client:update())
+    end)
+
     it("a cancel of a two-image download leaves no result behind, whichever image came first", function()
       -- image 2 arrives at once, image 1 never: the download is cancelled while awaiting image 1
       local engine, client = service({ "success" }, { false, 0.01 })

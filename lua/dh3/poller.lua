@@ -44,6 +44,12 @@ function Group:_finish(e, err)
   unwatch(e)
   if self.on_done then self:_callback(self.on_done, e.task, err) end
   self.sched:set_event(self.event)
+  if self.remaining == 0 and self.worker_tokens then
+    -- nothing left to watch: a worker asleep until its next poll ends now, not at that poll
+    for _, token in ipairs(self.worker_tokens) do
+      if token.timer then self.sched:wake(token) end
+    end
+  end
 end
 
 local function outcome(task)
