@@ -9,7 +9,6 @@ local sh, read_file, tmpdir = files.quote, files.read_file, files.tmpdir
 local now = require("dh3.core").now
 local env_words, dh3, events_of, names = cli.env_words, cli.dh3, cli.events_of, cli.names
 local requests, journal_records, unanswered_intent = cli.requests, cli.journal_records, cli.unanswered_intent
-local child = lua.child
 
 describe("the dh3 command's journal", function()
   local emu, env
@@ -148,12 +147,7 @@ describe("the dh3 command's journal", function()
       local path = dir .. "/journal"
       local created = dh3(env, "generate", "--no-wait", "a contested task", "--journal", path)
       assert.are.equal(0, created.code, created.err)
-      local holder = child(([[
-        local j = assert(require("dh3.journal").open(%q))
-        print("holding")
-        require("socket").sleep(30)
-      ]]):format(path))
-      assert.are.equal("holding", holder.pipe:read("*l"))
+      local holder = cli.hold_journal(path)
       local before = requests(emu)
       local runs = {
         dh3(env, "resume", "--journal", path, "--out", dir .. "/out/"),
@@ -291,12 +285,7 @@ describe("the dh3 command's journal", function()
     it("takes the journal's lock: refused (exit 3) while a run holds it", function()
       local path = dir .. "/journal"
       local lid = unanswered_intent(path, "lost while held")
-      local holder = child(([[
-        local j = assert(require("dh3.journal").open(%q))
-        print("holding")
-        require("socket").sleep(30)
-      ]]):format(path))
-      assert.are.equal("holding", holder.pipe:read("*l"))
+      local holder = cli.hold_journal(path)
       local run = dh3(nil, "pending", "--journal", path, "--forget", lid)
       os.execute("kill -9 " .. holder.pid)
       holder.pipe:close()

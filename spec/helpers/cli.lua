@@ -89,4 +89,17 @@ function M.unanswered_intent(path, prompt)
   return lid
 end
 
+--- A child process that opens the journal at `path`, and so holds its lock, until killed (30 s at
+-- most). Returns it (helpers.lua's child: pid, pipe) once it holds the lock.
+function M.hold_journal(path)
+  local holder = lua.child(([[
+    local j = assert(require("dh3.journal").open(%q))
+    print("holding")
+    require("socket").sleep(30)
+  ]]):format(path))
+  local said = holder.pipe:read("*l")
+  assert(said == "holding", "the journal's holder said: " .. tostring(said))
+  return holder
+end
+
 return M
