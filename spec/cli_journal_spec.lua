@@ -64,7 +64,8 @@ describe("the dh3 command's journal", function()
       local created = dh3(env, "generate", "--no-wait", "a resumed fox {emu:process=0.5}", "a resumed owl",
         "--journal", path)
       assert.are.equal(0, created.code, created.err)
-      local a, b = created.events[1].task_id, created.events[2].task_id
+      local ids = cli.created_ids(created)
+      local a, b = ids[1], ids[2]
 
       -- the journal only: no request, no key needed
       local before = requests(emu)

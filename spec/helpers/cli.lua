@@ -50,6 +50,14 @@ function M.events_of(run, name)
   return list
 end
 
+--- The task ids of a run's `created` events by the index of their prompt (the events come in the
+-- order the answers came, which concurrent creates do not fix).
+function M.created_ids(run)
+  local ids = {}
+  for _, e in ipairs(M.events_of(run, "created")) do ids[e.index] = e.task_id end
+  return ids
+end
+
 --- The names of a run's events, in order, separated by spaces.
 function M.names(run)
   local list = {}
