@@ -5,7 +5,7 @@ local emulator = require "helpers.emulator"
 local files = require "helpers.files"
 local lua = require "helpers.lua"
 local cli = require "helpers.cli"
-local read_file, tmpdir = files.read_file, files.tmpdir
+local read_file, write_file, tmpdir = files.read_file, files.write_file, files.tmpdir
 local now = require("dh3.core").now
 local dh3, events_of, names, requests = cli.dh3, cli.events_of, cli.names, cli.requests
 
@@ -227,9 +227,7 @@ describe("the dh3 command", function()
 
     it("come from --prompts FILE, blank lines and comments skipped, after the arguments", function()
       local file = out .. "/prompts.txt"
-      local f = assert(io.open(file, "w"))
-      f:write("# a batch\n\na blue whale\n   \n  # indented comment\na grey seal\n")
-      f:close()
+      write_file(file, "# a batch\n\na blue whale\n   \n  # indented comment\na grey seal\n")
       local run = dh3(env, "generate", "a first prompt", "--prompts", file, "--no-wait")
       assert.are.equal(0, run.code, run.err)
       local prompts = {}
@@ -305,7 +303,7 @@ describe("the dh3 command", function()
       assert.matches("does not exist", err, nil, true)
       -- (as a folder that cannot be made is, and was)
       local file = dir .. "/a-file"
-      assert(io.open(file, "w")):close()
+      write_file(file, "")
       refused("a red door", "--out", file .. "/sub/")
     end)
 
@@ -354,9 +352,7 @@ describe("the dh3 command", function()
 
     it("a prompts file of comments only says so", function()
       local file = out .. "/comments.txt"
-      local f = assert(io.open(file, "w"))
-      f:write("# nothing yet\n\n   \n")
-      f:close()
+      write_file(file, "# nothing yet\n\n   \n")
       local run = dh3(env, "generate", "--prompts", file)
       assert.are.equal(2, run.code)
       assert.matches("no prompt: --prompts " .. file .. " has no prompt in it (only blank lines and # comments)",
@@ -396,9 +392,7 @@ describe("the dh3 command", function()
 
     it("a bad line of --prompts is named by its line in the file", function()
       local file = dir .. "/prompts.txt"
-      local f = assert(io.open(file, "w"))
-      f:write("# a batch\n\na fine whale\n\nhi\n")
-      f:close()
+      write_file(file, "# a batch\n\na fine whale\n\nhi\n")
       local run = dh3(env, "generate", "--prompts", file)
       assert.are.equal(2, run.code)
       local e = events_of(run, "error")[1]
@@ -648,7 +642,7 @@ describe("dh3.cli.destination", function()
 
   it("says so when the folder cannot be made", function()
     local file = dir .. "/a-file"
-    assert(io.open(file, "w")):close()
+    write_file(file, "")
     local dest, err = destination.new(file .. "/sub/", true)
     assert.is_nil(dest)
     assert.matches("cannot create the folder", err)

@@ -3,17 +3,33 @@
 local emulator = require "helpers.emulator"
 local files = require "helpers.files"
 local lua = require "helpers.lua"
-local sh, read_file, tmpdir = files.quote, files.read_file, files.tmpdir
+local sh, read_file, write_file, tmpdir = files.quote, files.read_file, files.write_file, files.tmpdir
 local now = require("dh3.core").now
 
+-- The tmux server of this file's panes, named after this process.
+local stat = read_file("/proc/self/stat")
+local tmux = "tmux -L dh3term" .. (stat and stat:match("^%d+") or tostring(math.random(1e9)))
+
+-- Opens the pane `name`, `width` x `height`, running the shell `script` from this folder.
+local function open_pane(name, width, height, script)
+  assert(lua.execute(("%s new-session -d -s %s -x %d -y %d -c %s %s"):format(tmux, name, width, height,
+    sh(os.getenv("PWD") or "."), sh(script))))
+end
+
+-- What the pane `name` shows now, the lines the terminal wrapped joined; `all`: its scrollback too.
+local function capture(name, all)
+  local p = io.popen(("%s capture-pane -p -J%s -t %s"):format(tmux, all and " -S -" or "", name))
+  local screen = p:read("*a")
+  p:close()
+  return screen
+end
+
 describe("the dh3 command on a terminal", function()
-  local emu, out, tmux, env, sessions
+  local emu, out, env, sessions
   setup(function()
     assert(lua.execute("command -v tmux >/dev/null"), "this spec needs tmux (Debian package tmux)")
     emu = emulator.start{ "--queue-time", "0", "--process-time", "0.3", "--create-qps", "0" }
     out = tmpdir()
-    local stat = read_file("/proc/self/stat")
-    tmux = "tmux -L dh3term" .. (stat and stat:match("^%d+") or tostring(math.random(1e9)))
     env = ("env -u DH3_JOURNAL DH3_API_KEY=%s DH3_BASE_URL=%s"):format(sh(emu.key), sh(emu.url))
     sessions = 0
   end)
@@ -28,15 +44,12 @@ describe("the dh3 command on a terminal", function()
   local function on_screen(script, width)
     sessions = sessions + 1
     local name = "s" .. sessions
-    assert(lua.execute(("%s new-session -d -s %s -x %d -y 40 -c %s %s"):format(tmux, name, width,
-      sh(os.getenv("PWD") or "."), sh(script .. "; echo __ended__; sleep 60"))))
+    open_pane(name, width, 40, script .. "; echo __ended__; sleep 60")
     local screen
     local deadline = now() + 60
     repeat
       os.execute("sleep 0.3")
-      local p = io.popen(tmux .. " capture-pane -p -J -S - -t " .. name)
-      screen = p:read("*a")
-      p:close()
+      screen = capture(name, true)
     until screen:find("__ended__", 1, true) or now() > deadline
     os.execute(tmux .. " kill-session -t " .. name)
     assert.matches("__ended__", screen, nil, true)
@@ -49,9 +62,7 @@ describe("the dh3 command on a terminal", function()
 
   it("says why a prompt, an --image or a line of --prompts is refused, not only the exit code", function()
     local file = out .. "/prompts.txt"
-    local f = assert(io.open(file, "w"))
-    f:write("a fine first line\n# a comment\nno\n")
-    f:close()
+    write_file(file, "a fine first line\n# a comment\nno\n")
     local screen = on_screen(table.concat({
       dh3("generate hi") .. "; echo exit=$?",
       dh3("generate 'a red door' --image not-a-url") .. "; echo exit=$?",
@@ -109,24 +120,19 @@ describe("the dh3 command on a terminal", function()
     emu:config{ fault_drop = 1 }
     sessions = sessions + 1
     local name = "s" .. sessions
-    assert(lua.execute(("%s new-session -d -s %s -x 120 -y 20 -c %s %s"):format(tmux, name,
-      sh(os.getenv("PWD") or "."), sh(dh3("wait " .. id .. " --timeout 30") .. "; echo exit=$?; sleep 60"))))
+    open_pane(name, 120, 20, dh3("wait " .. id .. " --timeout 30") .. "; echo exit=$?; sleep 60")
     local seen, screen
     local deadline = now() + 20
     repeat
       os.execute("sleep 0.3")
-      local p = io.popen(tmux .. " capture-pane -p -J -t " .. name)
-      screen = p:read("*a")
-      p:close()
+      screen = capture(name)
       seen = seen or screen:match("[^\n]*reads failing %(network%), trying again[^\n]*")
     until seen or now() > deadline
     emu:config{ fault_drop = 0 }
     deadline = now() + 30
     while not screen:find("exit=", 1, true) and now() < deadline do
       os.execute("sleep 0.3")
-      local p = io.popen(tmux .. " capture-pane -p -J -t " .. name)
-      screen = p:read("*a")
-      p:close()
+      screen = capture(name)
     end
     os.execute(tmux .. " kill-session -t " .. name)
     assert.is_string(seen, screen)
@@ -151,32 +157,28 @@ describe("the dh3 command on a terminal", function()
 end)
 
 describe("the dh3 command on a terminal, while it waits", function()
-  local emu, out, tmux
+  local emu, out
   setup(function()
     assert(lua.execute("command -v tmux >/dev/null"), "this spec needs tmux (Debian package tmux)")
     emu = emulator.start{ "--queue-time", "1", "--process-time", "2" }
     out = tmpdir()
-    local stat = read_file("/proc/self/stat")
-    tmux = "tmux -L dh3spec" .. (stat and stat:match("^%d+") or tostring(math.random(1e9)))
   end)
   teardown(function()
     os.execute(tmux .. " kill-server 2>/dev/null")
     emu:stop()
-    os.execute("rm -rf " .. out)
+    files.rm_rf(out)
   end)
 
   it("shows each task's state and elapsed time while waiting, then the saved path", function()
     local words = require("helpers.cli").env_words{ DH3_API_KEY = emu.key, DH3_BASE_URL = emu.url }
     local cmd = table.concat(words, " ") .. " " .. lua.cli .. " generate " .. sh("a lighthouse at dawn") .. " "
       .. sh("a broken vase {emu:fail}") .. " --out " .. sh(out .. "/") .. "; echo exit=$?; sleep 5"
-    assert(lua.execute(("%s new-session -d -x 120 -y 30 -c %s %s"):format(tmux, sh(os.getenv("PWD") or "."), sh(cmd))))
+    open_pane("live", 120, 30, cmd)
     local screens, final = {}, nil
     local deadline = now() + 10
     while now() < deadline do
       os.execute("sleep 0.3")
-      local p = io.popen(tmux .. " capture-pane -p")
-      local screen = p:read("*a")
-      p:close()
+      local screen = capture("live")
       screens[#screens + 1] = screen
       if screen:find("exit=%d") then
         final = screen

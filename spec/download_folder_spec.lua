@@ -7,6 +7,7 @@ local download = require "dh3.download"
 local destination = require "dh3.cli.destination"
 local emulator = require "helpers.emulator"
 local lua = require "helpers.lua"
+local write_file = require("helpers.files").write_file
 
 local function sh(s)
   return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
@@ -86,8 +87,7 @@ describe("task:download(dest) and missing folders", function()
   end)
 
   it("fails with kind io, leaving nothing behind, when the folder cannot be made", function()
-    local f = assert(io.open(tmp .. "/file", "w"))
-    f:close()
+    write_file(tmp .. "/file", "")
     local paths, err = task:download(tmp .. "/file/sub/")
     assert.is_nil(paths)
     assert.are.equal("io", err.kind)
@@ -114,8 +114,7 @@ describe("dh3.download.make_folder", function()
 
   for _, row in ipairs{
     { "a file in the way", function(dir)
-      local f = assert(io.open(dir .. "/f", "w"))
-      f:close()
+      write_file(dir .. "/f", "")
       return dir .. "/f/g"
     end, "Not a directory" },
     { "an empty path", function() return "" end, "empty path" },

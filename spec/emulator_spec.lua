@@ -5,7 +5,7 @@ local emulator = require "helpers.emulator"
 local lua = require "helpers.lua"
 local socket = require "socket"
 local cjson = require("cjson").new()
-local zlib = require "zlib"
+local png = require "helpers.png"
 
 local MODEL = "nano-banana-pro"
 
@@ -67,33 +67,16 @@ end
 -- PNG: checks the signature and every chunk's CRC; returns width, height and the inflated image
 -- data (from all IDAT chunks).
 local function parse_png(bytes)
-  assert(bytes:sub(1, 8) == "\137PNG\r\n\26\n", "PNG signature")
-  local pos, width, height, idat = 9, nil, nil, {}
-  while pos <= #bytes do
-    local length, kind = lua.uint_be(bytes, pos, 4), bytes:sub(pos + 4, pos + 7)
-    local data = bytes:sub(pos + 8, pos + 7 + length)
-    local crc = lua.uint_be(bytes, pos + 8 + length, 4)
-    assert(math.floor(zlib.crc32()(kind .. data)) == crc, "CRC of chunk " .. kind)
-    if kind == "IHDR" then
-      width, height = lua.uint_be(data, 1, 4), lua.uint_be(data, 5, 4)
-      local depth, colour = data:byte(9), data:byte(10)
-      assert(depth == 8 and colour == 2, "8-bit RGB")
-    elseif kind == "IDAT" then
-      idat[#idat + 1] = data
-    elseif kind == "IEND" then
-      break
-    end
-    pos = pos + 12 + length
-  end
-  local pixels, eof = zlib.inflate()(table.concat(idat))
-  assert(eof, "zlib stream complete")
-  local stride = 1 + 3 * width
-  for row = 0, height - 1 do
+  local image = png.read(bytes)
+  assert(image.channels == 3, "8-bit RGB")
+  assert(image.complete, "zlib stream complete")
+  local pixels, stride = image.data, 1 + 3 * image.width
+  for row = 0, image.height - 1 do
     local filter = pixels:byte(row * stride + 1)
     if filter == nil then break end -- short data: the caller's length check says so
     assert(filter <= 4, "PNG filter type of row " .. row)
   end
-  return width, height, pixels
+  return image.width, image.height, pixels
 end
 
 -- JPEG: width and height from the first SOF0 frame header, and whether it ends with EOI.

@@ -2,10 +2,8 @@
 -- (eval "$(make -s env)"), as the README's Install section says: `make -s env LUA=...` for the Lua
 -- being tested, which then runs the script.
 local lua = require "helpers.lua"
-
-local function sh(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
+local files = require "helpers.files"
+local sh, write_file = files.quote, files.write_file
 
 local function capture(cmd)
   local p = lua.popen(cmd .. " 2>&1")
@@ -41,11 +39,8 @@ end
 describe("make env", function()
   local dir
   before_each(function()
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(lua.execute("mkdir " .. sh(dir)))
-    local f = assert(io.open(dir .. "/my_script.lua", "w"))
-    f:write([[
+    dir = files.tmpdir()
+    write_file(dir .. "/my_script.lua", [[
 local dh3 = require "dh3"
 print(dh3.VERSION)
 -- package.searchpath("dh3.core", package.cpath), which Lua 5.1 does not have
@@ -59,10 +54,9 @@ print(found)
 print(type(dh3.now()), require("cjson") ~= nil)
 print(package.path)
 ]])
-    f:close()
   end)
   after_each(function()
-    os.execute("rm -rf " .. sh(dir))
+    files.rm_rf(dir)
   end)
 
   it("prints only export lines, for eval", function()

@@ -1,86 +1,19 @@
 -- examples/love, the LÖVE game, run for real: LÖVE 11.4 (LuaJIT) under a virtual X server against
 -- the emulator. The game quits by itself once it has drawn the image (DH3_AUTOQUIT=1); the spec
--- then reads its screenshot and the image it was given, both with the small PNG reader below, and
+-- then reads its screenshot and the image it was given, both with the specs' small PNG reader, and
 -- checks that the screen shows that image where the game says it drew it, and that no frame took
 -- over 50 ms. Written in the Lua every interpreter accepts (the suite also runs under LuaJIT).
 -- spec/run.sh: alone (a frame budget on the wall clock: nothing may run beside it)
 local emulator = require "helpers.emulator"
-local zlib = require "zlib"
+local png = require "helpers.png"
 
 local files = require "helpers.files"
 local shell_quote, run = files.quote, files.run
 
--- {======================================================================
--- A PNG reader for what the emulator and LÖVE write: 8-bit RGB or RGBA, not interlaced, any of the
--- five row filters. Returns {width, height, pixel = function(x, y) -> r, g, b}, or raises.
-
-local function be32(s, i)
-  local a, b, c, d = s:byte(i, i + 3)
-  return ((a * 256 + b) * 256 + c) * 256 + d
-end
-
-local function paeth(a, b, c)
-  local p = a + b - c
-  local pa, pb, pc = math.abs(p - a), math.abs(p - b), math.abs(p - c)
-  if pa <= pb and pa <= pc then return a elseif pb <= pc then return b end
-  return c
-end
-
+-- The screenshot or the image at `path`, its pixels decoded.
 local function read_png(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  assert(s:sub(1, 8) == "\137PNG\r\n\26\n", path .. " is not a PNG")
-  local width, height, bpp
-  local idat = {}
-  local pos = 9
-  while pos <= #s do
-    local len, kind = be32(s, pos), s:sub(pos + 4, pos + 7)
-    local data = s:sub(pos + 8, pos + 7 + len)
-    if kind == "IHDR" then
-      width, height = be32(data, 1), be32(data, 5)
-      local depth, colour, interlace = data:byte(9), data:byte(10), data:byte(13)
-      assert(depth == 8 and (colour == 2 or colour == 6) and interlace == 0,
-        ("%s: unsupported PNG (depth %d, colour type %d, interlace %d)"):format(path, depth, colour, interlace))
-      bpp = colour == 2 and 3 or 4
-    elseif kind == "IDAT" then
-      idat[#idat + 1] = data
-    elseif kind == "IEND" then
-      break
-    end
-    pos = pos + 12 + len
-  end
-  local raw = zlib.inflate()(table.concat(idat))
-  local stride = width * bpp
-  assert(#raw == height * (stride + 1), path .. ": wrong amount of pixel data")
-  local rows, prev = {}, {}
-  for i = 1, stride do prev[i] = 0 end
-  for y = 0, height - 1 do
-    local at = y * (stride + 1) + 1
-    local filter = raw:byte(at)
-    local cur, bytes = {}, { raw:byte(at + 1, at + stride) }
-    for i = 1, stride do
-      local x = bytes[i]
-      local a = i > bpp and cur[i - bpp] or 0
-      if filter == 1 then x = x + a
-      elseif filter == 2 then x = x + prev[i]
-      elseif filter == 3 then x = x + math.floor((a + prev[i]) / 2)
-      elseif filter == 4 then x = x + paeth(a, prev[i], i > bpp and prev[i - bpp] or 0)
-      else assert(filter == 0, "bad filter") end
-      cur[i] = x % 256
-    end
-    rows[y] = cur
-    prev = cur
-  end
-  return {
-    width = width, height = height,
-    pixel = function(x, y)
-      local row, i = rows[y], x * bpp
-      return row[i + 1], row[i + 2], row[i + 3]
-    end,
-  }
+  return png.decode(png.read(assert(files.read_file(path), "cannot read " .. path), path))
 end
--- }======================================================================
 
 -- Does screen pixel (sx, sy) show the image drawn in the rectangle (x, y, w, h)? The texture is
 -- scaled with linear filtering, so the screen pixel is a blend of the texels around the point it

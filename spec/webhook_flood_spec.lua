@@ -8,6 +8,7 @@ local emulator = require "helpers.emulator"
 local SLOW = require("helpers.timing").SLOW
 local lua = require "helpers.lua"
 local quote = require("helpers.files").quote
+local write_file = require("helpers.files").write_file
 
 local GET = "GET /api/v1/task/get"
 
@@ -160,8 +161,7 @@ describe("the webhook receiver under pressure", function()
       return
     end
     local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write([==[
+    write_file(script, [==[
 local dh3 = require "dh3" -- the tree's, for the Lua under test (lua.command puts both first)
 local url, key = arg[1], arg[2]
 local held = {}
@@ -179,7 +179,6 @@ if not ok then print("raised " .. tostring(err)) end
 print("accepted " .. listener.counts.accepted)
 client:close()
 ]==])
-    f:close()
     -- under `make asan` the child keeps the preloaded runtime (it loads the sanitized core), but
     -- not the leak check at exit: luasocket's allocations are not what this spec is about
     p = io.popen("sh -c " .. quote("ulimit -n 4096 2>/dev/null; exec env ASAN_OPTIONS=detect_leaks=0 "

@@ -64,24 +64,27 @@ function M.width(text)
   return select(2, drawable(text))
 end
 
---- `text` cut to at most `columns` characters (UTF-8 code points), ending in "..." when cut.
--- Control characters become spaces: a prompt or a server's message must not move the cursor.
-function M.fit(text, columns)
+-- `text` (made drawable) cut to at most `columns` characters, "..." where it was cut: at its end,
+-- or at its start when `keep_end`.
+local function cut(text, columns, keep_end)
   local n
   text, n = drawable(text)
   if n <= columns then return text end
   if columns <= 3 then return ("."):rep(math.max(columns, 0)) end
+  if keep_end then return "..." .. text:sub(utf8_offset(text, n - (columns - 3) + 1)) end
   return text:sub(1, utf8_offset(text, columns - 3 + 1) - 1) .. "..."
+end
+
+--- `text` cut to at most `columns` characters (UTF-8 code points), ending in "..." when cut.
+-- Control characters become spaces: a prompt or a server's message must not move the cursor.
+function M.fit(text, columns)
+  return cut(text, columns, false)
 end
 
 --- As fit, but keeping the end of `text` and starting with "..." when cut: for a path, whose
 -- file name is what tells one from another.
 function M.fit_end(text, columns)
-  local n
-  text, n = drawable(text)
-  if n <= columns then return text end
-  if columns <= 3 then return ("."):rep(math.max(columns, 0)) end
-  return "..." .. text:sub(utf8_offset(text, n - (columns - 3) + 1))
+  return cut(text, columns, true)
 end
 
 return M
